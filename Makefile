@@ -1,0 +1,42 @@
+# make demo   set up .venv from nothing and run the main job (the harness, smoke preset, cifar10-mini)
+# make test   set up .venv and run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.14.1 torchvision==0.29.1
+PKGS   := packages/nas-common packages/nat packages/bsn packages/tas packages/ista-nas packages/posterior-nas
+DEV    := pytest matplotlib scipy onnx poetry
+STAMP  := $(VENV)/.installed
+OUT    ?= runs/demo
+
+.PHONY: demo test check wheels bench setup clean
+
+$(STAMP): Makefile $(foreach p,$(PKGS),$(p)/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q $(foreach p,$(PKGS),-e $(p)) $(DEV) $(TORCH)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m tools.bench --preset smoke --methods all --seeds 0 --out $(OUT)
+
+test: $(STAMP) check
+	$(BIN)/python -m pytest -q
+
+check: $(STAMP)
+	@for p in $(PKGS); do (cd $$p && ../../$(BIN)/poetry check --quiet) || exit 1; done
+	@echo "poetry check: ok in $(words $(PKGS)) packages"
+
+wheels: $(STAMP)
+	@mkdir -p dist
+	@for p in $(PKGS); do (cd $$p && ../../$(BIN)/poetry build -q -o ../../dist) || exit 1; done
+	@ls dist
+
+bench: $(STAMP)
+	$(BIN)/python -m tools.bench.micro
+
+clean:
+	rm -rf dist runs/demo

@@ -1,0 +1,1 @@
+"""bsn_nas (work in progress)."""

@@ -1,0 +1,1 @@
+"""ista_nas (work in progress)."""

@@ -1,0 +1,34 @@
+"""nas_common: the shared core of the NAS-under-budget packages.
+
+Datasets, candidate ops, search spaces, cost functions, trainers, architecture files, the method
+registry and the `nas` command. Method packages (nat-nas, bsn-nas, tas-nas, ista-nas, posterior-nas)
+build on it and register through the entry-point group `nas_common.methods`.
+"""
+from importlib import metadata as _metadata
+
+from . import errors, registry
+from .arch import Arch, build_model, get_arch, list_archs, load_arch, register_arch, save_arch
+from .config import Config, list_presets, resolve_config
+from .data import Dataset, Split, get_dataset, list_datasets, make_loader
+from .errors import ArchFileError, BudgetError, ConfigError, DataError, NASError, RunError
+from .methods import Budget, SearchMethod, SearchResult, Task
+from .registry import get_method, list_methods, register_method
+from .runs import Run, RunInterrupted, load_model, seed_everything
+from . import ops, spaces, costs  # noqa: E402  (register ops, spaces, costs)
+from .spaces import get_space, list_spaces
+from .costs import count_costs, count_macs, count_params
+
+try:
+    __version__ = _metadata.version("nas-common")
+except _metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"
+
+
+__all__ = [
+    "Arch", "ArchFileError", "Budget", "BudgetError", "Config", "ConfigError", "DataError", "Dataset",
+    "NASError", "Run", "RunError", "RunInterrupted", "SearchMethod", "SearchResult", "Split", "Task",
+    "build_model", "count_costs", "count_macs", "count_params", "get_arch", "get_dataset", "get_method",
+    "get_space", "list_archs", "list_datasets", "list_methods", "list_presets", "list_spaces", "load_arch",
+    "load_model", "make_loader", "register_arch", "register_method", "resolve_config", "save_arch",
+    "seed_everything", "errors", "registry",
+]

@@ -1,0 +1,1 @@
+"""Subcommands of the `nas` command, one module each."""

@@ -1,0 +1,187 @@
+"""The dataset registry and the in-memory dataset representation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import DataError, RegistryError
+from ..registry import DATASETS
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass
+class Split:
+    """One split of a dataset: uint8 images (N, C, H, W) and int64 labels, or a torch Dataset on disk.
+
+    In-memory splits (`x` set) are served by the device-resident loader; disk splits (`source` set,
+    e.g. ImageNet through ImageFolder) by a torch DataLoader.
+    """
+
+    y: torch.Tensor
+    x: torch.Tensor | None = None
+    source: Any = None  # torch.utils.data.Dataset yielding (float CHW normalised tensor, label)
+    mean: tuple[float, ...] = CIFAR_MEAN
+    std: tuple[float, ...] = CIFAR_STD
+    indices: torch.Tensor | None = None  # for disk splits: which items of `source`
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def in_memory(self) -> bool:
+        return self.x is not None
+
+    def subset(self, idx: torch.Tensor | np.ndarray | list[int]) -> Split:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.in_memory:
+            return replace(self, x=self.x[idx], y=self.y[idx])
+        base = self.indices if self.indices is not None else torch.arange(len(self.y))
+        return replace(self, y=self.y[idx], indices=base[idx])
+
+    def head(self, n: int) -> Split:
+        return self.subset(torch.arange(min(n, len(self))))
+
+    def split(self, fraction: float = 0.5, seed: int = 0, shuffle: bool = True, per_class: bool = False
+              ) -> tuple[Split, Split]:
+        """Two disjoint parts, the first with `fraction` of the items (50/50 as in DARTS' bilevel search).
+
+        `per_class` splits each class separately (TAS); `shuffle=False` takes the first items (DARTS).
+        """
+        if not 0.0 < fraction < 1.0:
+            raise DataError(f"split fraction must be in (0, 1), got {fraction}")
+        n = len(self)
+        g = torch.Generator().manual_seed(seed)
+        if per_class:
+            first, second = [], []
+            for c in torch.unique(self.y).tolist():
+                idx = torch.nonzero(self.y == c).flatten()
+                if shuffle:
+                    idx = idx[torch.randperm(len(idx), generator=g)]
+                k = int(round(len(idx) * fraction))
+                first.append(idx[:k])
+                second.append(idx[k:])
+            a, b = torch.cat(first).sort().values, torch.cat(second).sort().values
+        else:
+            order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+            k = int(n * fraction)
+            a, b = order[:k], order[k:]
+        if len(a) == 0 or len(b) == 0:
+            raise DataError(f"cannot split {n} items with fraction {fraction}: a part would be empty")
+        return self.subset(a), self.subset(b)
+
+
+@dataclass
+class Dataset:
+    """A named dataset: train and test splits plus what a network needs to know about it."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    classes: list[str] = field(default_factory=list)
+
+    def subset(self, n_train: int | None = None, n_test: int | None = None) -> Dataset:
+        """The first `n_train`/`n_test` items (micro-scale tests, quick looks)."""
+        return replace(self, train=self.train.head(n_train) if n_train else self.train,
+                       test=self.test.head(n_test) if n_test else self.test)
+
+
+def register_dataset(name: str) -> Callable:
+    """Register a factory `(data_dir, download) -> Dataset` under `name`."""
+    return DATASETS.register(name)
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names() + ["npz:PATH"]
+
+
+def get_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """The dataset `name` (see `list_datasets()`); `npz:PATH` loads any .npz with cifar10-mini's keys."""
+    if name.startswith("npz:"):
+        return load_npz(name[4:], name=name)
+    try:
+        factory = DATASETS.get(name)
+    except RegistryError as e:
+        raise DataError(f"{e} (or npz:PATH for your own arrays)") from None
+    return factory(data_dir=data_dir, download=download)
+
+
+def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                classes: list[str] | None = None, mean: tuple[float, ...] | None = None,
+                std: tuple[float, ...] | None = None, source: str = "arrays") -> Dataset:
+    """A Dataset from uint8 HWC (or HW) image arrays and integer labels; checks shapes and types."""
+    xs = []
+    for key, x in (("x_train", x_train), ("x_test", x_test)):
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4:
+            raise DataError(f"{source}: {key} must be images of shape (N, H, W, C), got shape {x.shape}")
+        if x.dtype != np.uint8:
+            raise DataError(f"{source}: {key} must be uint8 pixels 0..255, got {x.dtype}; convert with "
+                            f"(x * 255).astype('uint8') if it holds floats in [0, 1]")
+        xs.append(x)
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DataError(f"{source}: x_train images are {xs[0].shape[1:]} but x_test images are {xs[1].shape[1:]}")
+    ys = []
+    for key, y, x in (("y_train", y_train, xs[0]), ("y_test", y_test, xs[1])):
+        y = np.asarray(y).reshape(-1)
+        if not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{source}: {key} must hold integer class labels, got {y.dtype}")
+        if len(y) != len(x):
+            raise DataError(f"{source}: {key} has {len(y)} labels for {len(x)} images")
+        if len(y) and y.min() < 0:
+            raise DataError(f"{source}: {key} has negative labels")
+        ys.append(y.astype(np.int64))
+    num_classes = int(max(ys[0].max(initial=0), ys[1].max(initial=0))) + 1
+    c = xs[0].shape[-1]
+    if mean is None or std is None:
+        sample = xs[0][: 10000].astype(np.float64) / 255.0
+        mean = tuple(float(m) for m in sample.mean(axis=(0, 1, 2)))
+        std = tuple(float(max(s, 1e-3)) for s in sample.std(axis=(0, 1, 2)))
+    tx = [torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))) for x in xs]
+    ty = [torch.from_numpy(y) for y in ys]
+    return Dataset(
+        name=name,
+        train=Split(y=ty[0], x=tx[0], mean=mean, std=std),
+        test=Split(y=ty[1], x=tx[1], mean=mean, std=std),
+        num_classes=num_classes,
+        input_shape=(c, xs[0].shape[1], xs[0].shape[2]),
+        classes=list(classes) if classes is not None else [str(i) for i in range(num_classes)],
+    )
+
+
+def load_npz(path: str | Path, name: str | None = None, mean: tuple[float, ...] | None = None,
+             std: tuple[float, ...] | None = None) -> Dataset:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"npz file {str(p)!r} does not exist: give the path of a .npz with keys "
+                        f"{', '.join(NPZ_KEYS)}")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p} is not a readable .npz file: {e}") from None
+    missing = [k for k in NPZ_KEYS if k not in data.files]
+    if missing:
+        raise DataError(f"{p} lacks key(s) {', '.join(missing)}: it has {', '.join(data.files) or 'none'}; "
+                        f"save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+    classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
+    return from_arrays(name or f"npz:{p}", *(data[k] for k in NPZ_KEYS), classes=classes, mean=mean, std=std,
+                       source=str(p))
+
+
+@register_dataset("cifar10-mini")
+def cifar10_mini(data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """4,660 training and 500 test images of CIFAR-10 (the first of the official batches), bundled."""
+    ref = resources.files("nas_common.data") / "_files" / "cifar10-mini.npz"
+    with resources.as_file(ref) as p:
+        return load_npz(p, name="cifar10-mini", mean=CIFAR_MEAN, std=CIFAR_STD)

@@ -1,0 +1,130 @@
+"""Loaders. Small datasets live on the device as uint8 tensors; batches are cut, augmented and
+normalised there, with no worker processes and no per-image Python. Shuffling and augmentation are a
+pure function of (seed, epoch): call `set_epoch` (as with DistributedSampler) and a resumed run sees
+exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .. import dist
+from .datasets import Split
+from .transforms import cutout as apply_cutout
+from .transforms import random_crop_flip
+
+
+class DeviceLoader:
+    """Iterate (x, y) batches of an in-memory split, on `device`, normalised, optionally augmented."""
+
+    def __init__(self, split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
+                 augment: bool | None = None, cutout: int = 0, seed: int = 0, drop_last: bool | None = None,
+                 shuffle: bool | None = None, distributed: bool | None = None,
+                 channels_last: bool = False, padding: int | None = None) -> None:
+        if not split.in_memory:
+            raise ValueError("DeviceLoader needs an in-memory split; use make_loader")
+        self.device = torch.device(device)
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device)
+        self.batch_size = int(batch_size)
+        self.train = train
+        self.augment = train if augment is None else augment
+        self.shuffle = train if shuffle is None else shuffle
+        self.drop_last = train if drop_last is None else drop_last
+        self.cutout = cutout if train else 0
+        self.seed = seed
+        self.epoch = 0
+        self.channels_last = channels_last
+        h = split.x.shape[-1]
+        self.padding = padding if padding is not None else max(1, h // 8)
+        self.distributed = dist.world_size() > 1 if distributed is None else distributed
+        self.mean = torch.tensor(split.mean, device=self.device).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(split.std, device=self.device).view(1, -1, 1, 1) * 255.0
+        if self.mean.shape[1] != self.x.shape[1]:  # e.g. grey images with RGB statistics
+            self.mean = self.mean.mean(1, keepdim=True).expand(1, self.x.shape[1], 1, 1)
+            self.std = self.std.mean(1, keepdim=True).expand(1, self.x.shape[1], 1, 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        n = self.x.shape[0]
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.distributed:
+            ws, r = dist.world_size(), dist.rank()
+            per = n // ws if self.drop_last else -(-n // ws)
+            order = torch.cat([order, order[: per * ws - n]]) if per * ws > n else order[: per * ws]
+            order = order[r::ws]
+        return order.to(self.device)
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        if self.distributed:
+            ws = dist.world_size()
+            n = n // ws if self.drop_last else -(-n // ws)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
+        nb = len(self)
+        for i in range(nb):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.x.index_select(0, idx).float()
+            x = (x - self.mean) / self.std
+            if self.augment:
+                x = random_crop_flip(x, self.padding, generator=g)
+            if self.cutout:
+                x = apply_cutout(x, self.cutout, generator=g)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.y.index_select(0, idx)
+
+
+class _TorchLoader:
+    """A torch DataLoader over a disk split, moving batches to `device` (ImageNet-sized data)."""
+
+    def __init__(self, split: Split, batch_size: int, *, train: bool, device: Any, seed: int = 0,
+                 num_workers: int = 4, drop_last: bool | None = None, channels_last: bool = False) -> None:
+        from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+        ds = split.source if split.indices is None else Subset(split.source, split.indices.tolist())
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.sampler = DistributedSampler(ds, shuffle=train, seed=seed) if dist.world_size() > 1 else None
+        g = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=train and self.sampler is None,
+                                 sampler=self.sampler, num_workers=num_workers, generator=g,
+                                 drop_last=train if drop_last is None else drop_last,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
+                augment: bool | None = None, cutout: int = 0, seed: int = 0, drop_last: bool | None = None,
+                shuffle: bool | None = None, channels_last: bool = False, num_workers: int = 4) -> Any:
+    """The right loader for `split`: DeviceLoader when it is in memory, a DataLoader otherwise."""
+    if split.in_memory:
+        return DeviceLoader(split, batch_size, train=train, device=device, augment=augment, cutout=cutout,
+                            seed=seed, drop_last=drop_last, shuffle=shuffle, channels_last=channels_last)
+    return _TorchLoader(split, batch_size, train=train, device=device, seed=seed, num_workers=num_workers,
+                        drop_last=drop_last, channels_last=channels_last)

@@ -1,0 +1,1 @@
+"""Candidate ops by name (filled in by the ops work)."""

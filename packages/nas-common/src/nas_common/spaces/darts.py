@@ -1,0 +1,1 @@
+"""The DARTS cell space (filled in by the spaces work)."""

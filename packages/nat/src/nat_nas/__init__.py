@@ -1,0 +1,1 @@
+"""nat_nas (work in progress)."""

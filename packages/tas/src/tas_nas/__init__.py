@@ -1,0 +1,1 @@
+"""tas_nas (work in progress)."""
