@@ -185,3 +185,106 @@ def cifar10_mini(data_dir: str | Path | None = None, download: bool = False) -> 
     ref = resources.files("nas_common.data") / "_files" / "cifar10-mini.npz"
     with resources.as_file(ref) as p:
         return load_npz(p, name="cifar10-mini", mean=CIFAR_MEAN, std=CIFAR_STD)
+
+
+def _need_dir(name: str, data_dir: str | Path | None, download: bool) -> Path:
+    if data_dir is None:
+        raise DataError(f"dataset {name!r} needs --data-dir (where its files are, or where to put them with "
+                        f"--download); for an offline try use cifar10-mini")
+    p = Path(data_dir).expanduser()
+    if not p.exists() and not download:
+        raise DataError(f"--data-dir {str(p)!r} does not exist: create it and pass --download, or point to "
+                        f"the folder holding {name}")
+    return p
+
+
+def _torchvision(name: str, cls_name: str, data_dir: Any, download: bool, split_kw: str = "train") -> Dataset:
+    import torchvision
+
+    root = _need_dir(name, data_dir, download)
+    cls = getattr(torchvision.datasets, cls_name)
+    parts = []
+    for train in (True, False):
+        kw = {"train": train} if split_kw == "train" else {"split": "train" if train else "test"}
+        try:
+            parts.append(cls(str(root), download=download, **kw))
+        except RuntimeError as e:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+            raise DataError(f"{name} not found in {str(root)!r} ({e}); pass --download to fetch it there") from None
+    tr, te = parts
+    if split_kw == "train":  # CIFAR: data (N, H, W, C) uint8, targets list
+        arrays = (tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets))
+        classes = list(tr.classes)
+    else:  # SVHN: data (N, C, H, W), labels
+        arrays = (tr.data.transpose(0, 2, 3, 1), tr.labels, te.data.transpose(0, 2, 3, 1), te.labels)
+        classes = [str(i) for i in range(10)]
+    return from_arrays(name, *arrays, classes=classes, mean=_STATS[name][0], std=_STATS[name][1], source=str(root))
+
+
+_STATS = {
+    "cifar10": (CIFAR_MEAN, CIFAR_STD),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+
+@register_dataset("cifar10")
+def cifar10(data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """CIFAR-10 through torchvision (50,000 train / 10,000 test), kept in memory."""
+    return _torchvision("cifar10", "CIFAR10", data_dir, download)
+
+
+@register_dataset("cifar100")
+def cifar100(data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """CIFAR-100 through torchvision, kept in memory."""
+    return _torchvision("cifar100", "CIFAR100", data_dir, download)
+
+
+@register_dataset("svhn")
+def svhn(data_dir: str | Path | None = None, download: bool = False) -> Dataset:
+    """SVHN (train / test) through torchvision, kept in memory."""
+    return _torchvision("svhn", "SVHN", data_dir, download, split_kw="split")
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@register_dataset("imagefolder")
+def imagefolder(data_dir: str | Path | None = None, download: bool = False, image_size: int = 224) -> Dataset:
+    """Any ImageFolder tree (ImageNet included): DATA_DIR/train/<class>/*.jpg and DATA_DIR/val/<class>/*.
+
+    Images stay on disk and are served by a DataLoader with the standard ImageNet transforms.
+    """
+    import torchvision
+    from torchvision import transforms as T
+
+    if download:
+        raise DataError("imagefolder cannot be downloaded: point --data-dir at a folder with train/ and val/")
+    root = _need_dir("imagefolder", data_dir, False)
+    splits = {}
+    for part, alt in (("train", None), ("val", "test")):
+        d = root / part
+        if not d.is_dir() and alt is not None and (root / alt).is_dir():
+            d = root / alt
+        if not d.is_dir():
+            raise DataError(f"{str(root)!r} has no {part}/ folder: an imagefolder dataset needs "
+                            f"DATA_DIR/train/<class>/... and DATA_DIR/val/<class>/...")
+        splits[part] = d
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    test_tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
+    try:
+        tr = torchvision.datasets.ImageFolder(str(splits["train"]), transform=train_tf)
+        te = torchvision.datasets.ImageFolder(str(splits["val"]), transform=test_tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"cannot read image folders under {str(root)!r}: {e}") from None
+    if tr.classes != te.classes:
+        raise DataError(f"{root}: train/ and val/ have different class folders")
+    return Dataset(
+        name="imagefolder",
+        train=Split(y=torch.as_tensor(tr.targets), source=tr, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        test=Split(y=torch.as_tensor(te.targets), source=te, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        num_classes=len(tr.classes),
+        input_shape=(3, image_size, image_size),
+        classes=list(tr.classes),
+    )
