@@ -45,6 +45,8 @@ class DeviceLoader:
         if self.mean.shape[1] != self.x.shape[1]:  # e.g. grey images with RGB statistics
             self.mean = self.mean.mean(1, keepdim=True).expand(1, self.x.shape[1], 1, 1)
             self.std = self.std.mean(1, keepdim=True).expand(1, self.x.shape[1], 1, 1)
+        self.scale = 1.0 / self.std
+        self.shift = -self.mean / self.std
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,10 +78,10 @@ class DeviceLoader:
         nb = len(self)
         for i in range(nb):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.x.index_select(0, idx).float()
-            x = (x - self.mean) / self.std
-            if self.augment:
+            x = self.x.index_select(0, idx)
+            if self.augment:  # on uint8 pixels: zero padding as torchvision pads the PIL image
                 x = random_crop_flip(x, self.padding, generator=g)
+            x = torch.addcmul(self.shift, x.float(), self.scale)  # (x - mean) / std in one pass
             if self.cutout:
                 x = apply_cutout(x, self.cutout, generator=g)
             if self.channels_last:
@@ -91,13 +93,15 @@ class _TorchLoader:
     """A torch DataLoader over a disk split, moving batches to `device` (ImageNet-sized data)."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, device: Any, seed: int = 0,
-                 num_workers: int = 4, drop_last: bool | None = None, channels_last: bool = False) -> None:
+                 num_workers: int = 4, drop_last: bool | None = None, channels_last: bool = False,
+                 distributed: bool | None = None) -> None:
         from torch.utils.data import DataLoader, DistributedSampler, Subset
 
         ds = split.source if split.indices is None else Subset(split.source, split.indices.tolist())
         self.device = torch.device(device)
         self.channels_last = channels_last
-        self.sampler = DistributedSampler(ds, shuffle=train, seed=seed) if dist.world_size() > 1 else None
+        shard = dist.world_size() > 1 if distributed is None else distributed
+        self.sampler = DistributedSampler(ds, shuffle=train, seed=seed) if shard else None
         g = torch.Generator().manual_seed(seed)
         self.loader = DataLoader(ds, batch_size=batch_size, shuffle=train and self.sampler is None,
                                  sampler=self.sampler, num_workers=num_workers, generator=g,
@@ -121,10 +125,16 @@ class _TorchLoader:
 
 def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
                 augment: bool | None = None, cutout: int = 0, seed: int = 0, drop_last: bool | None = None,
-                shuffle: bool | None = None, channels_last: bool = False, num_workers: int = 4) -> Any:
-    """The right loader for `split`: DeviceLoader when it is in memory, a DataLoader otherwise."""
+                shuffle: bool | None = None, channels_last: bool = False, num_workers: int = 4,
+                distributed: bool | None = None) -> Any:
+    """The right loader for `split`: DeviceLoader when it is in memory, a DataLoader otherwise.
+
+    `distributed` (default: whether torch.distributed runs with several ranks) shards the items by rank;
+    pass False to read the whole split on every rank (e.g. an evaluation that shards it itself).
+    """
     if split.in_memory:
         return DeviceLoader(split, batch_size, train=train, device=device, augment=augment, cutout=cutout,
-                            seed=seed, drop_last=drop_last, shuffle=shuffle, channels_last=channels_last)
+                            seed=seed, drop_last=drop_last, shuffle=shuffle, distributed=distributed,
+                            channels_last=channels_last)
     return _TorchLoader(split, batch_size, train=train, device=device, seed=seed, num_workers=num_workers,
-                        drop_last=drop_last, channels_last=channels_last)
+                        drop_last=drop_last, channels_last=channels_last, distributed=distributed)
