@@ -1,0 +1,127 @@
+"""Train an architecture into a run directory: the function behind `nas train` and the harness.
+
+    from nas_common.train import train_arch
+    res = train_arch("resnet20", "cifar10-mini", out="runs/r20", preset="tiny", overrides=["epochs=3"])
+    res.metrics["test_top1"], res.model, res.run_dir          # also: nas_common.load_model("runs/r20")
+
+Everything that can be wrong with the input (the architecture, the dataset, the teacher, the config,
+an output directory holding another run or another architecture) is checked before anything is
+written, so a refused command leaves the directory as it was.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import dist
+from ..arch import Arch, get_arch, load_arch
+from ..config import config_to_dict, resolve_config
+from ..data import Dataset, get_dataset
+from ..device import resolve_device
+from ..errors import ArchFileError, DataError, RunError
+from ..registry import ARCHS
+from ..runs import Run, load_model, seed_everything
+from .config import TrainConfig
+from .trainer import Trainer
+
+
+@dataclass
+class TrainResult:
+    """What `train_arch` returns: the trained model (eval mode), its arch, final metrics, the run dir."""
+
+    model: nn.Module
+    arch: Arch
+    metrics: dict[str, Any]
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit_arch_to_dataset(arch: Arch, dataset: Dataset, *, adapt: bool = False, what: str = "architecture") -> Arch:
+    """`arch` with net.num_classes/input set from `dataset` when `adapt`, else checked against it."""
+    want_c, want_in = dataset.num_classes, list(dataset.input_shape)
+    have_c, have_in = arch.net.get("num_classes"), list(arch.net.get("input", []))
+    if have_c == want_c and have_in == want_in:
+        return arch
+    if not adapt:
+        raise DataError(
+            f"the {what} is built for {have_c} classes and inputs {have_in}, but dataset {dataset.name!r} has "
+            f"{want_c} classes and inputs {want_in}: use the matching dataset, or pass --adapt to rebuild the "
+            f"{what} for this dataset (a built-in name is adapted automatically)")
+    adapted = arch.replace(net={**arch.net, "num_classes": want_c, "input": want_in}, costs={})
+    return adapted.with_costs() if arch.costs else adapted
+
+
+def resolve_train_config(preset: str | None = "paper", config_file: Any = None,
+                         overrides: Iterable[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    return resolve_config(TrainConfig, preset=preset, file=config_file, overrides=overrides)
+
+
+def _teacher(teacher: nn.Module | str | Path | None, dataset: Dataset) -> tuple[nn.Module | None, str]:
+    if teacher is None:
+        return None, ""
+    if isinstance(teacher, nn.Module):
+        return teacher, type(teacher).__name__
+    p = Path(teacher)
+    if not (p / "model.pt").is_file():
+        raise RunError(f"--teacher {str(p)!r} is not a run directory with a trained model (model.pt): give the "
+                       f"--out of a finished `nas train`")
+    fit_arch_to_dataset(load_arch(p / "arch.json"), dataset, what="teacher")
+    return load_model(p), str(p)
+
+
+def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Path,
+               config: TrainConfig | None = None, preset: str | None = "paper", config_file: Any = None,
+               overrides: Iterable[str] | Mapping[str, Any] = (), seed: int = 0,
+               device: torch.device | str | None = None, teacher: nn.Module | str | Path | None = None,
+               resume: bool = False, overwrite: bool = False, adapt: bool = False, data_dir: str | None = None,
+               download: bool = False, progress: bool = True, verbose: bool = False,
+               interrupt_after: int | None = None) -> TrainResult:
+    """Train `arch` (a built-in name, an arch.json, a run directory or an Arch) on `dataset` into `out`.
+
+    Writes config.toml, arch.json, metrics.jsonl, tb/, checkpoints/last.pt (every epoch), model.pt and
+    result.json. A built-in name is sized for the dataset (classes, input shape); a file must match it
+    unless `adapt`. `teacher` (an nn.Module or a run directory) turns on knowledge distillation.
+    Under torchrun it trains data-parallel; rank 0 writes.
+    """
+    builtin = isinstance(arch, str) and arch in ARCHS
+    a = get_arch(arch)
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, data_dir=data_dir, download=download)
+    a = fit_arch_to_dataset(a, ds, adapt=adapt or builtin)
+    if "macs" not in a.costs or "params" not in a.costs:
+        a = a.with_costs()
+    cfg = config if config is not None else resolve_train_config(preset, config_file, overrides)
+    teacher_model, teacher_name = _teacher(teacher, ds)
+    dev = resolve_device(device)
+    dist.init_from_env(dev)
+    out = Path(out)
+    if resume and not overwrite and (out / "arch.json").is_file():
+        try:
+            old = load_arch(out / "arch.json")
+        except ArchFileError as e:
+            raise RunError(f"cannot resume {str(out)!r}: {e}; pass --overwrite to start again") from None
+        if old != a:
+            raise RunError(f"{str(out)!r} holds a run of another architecture ({old.space} {old.digest}, not "
+                           f"{a.space} {a.digest}): resume with the same architecture, or pass --overwrite")
+    record = {"kind": "train", "arch": a.digest, "space": a.space, "dataset": ds.name, "seed": seed,
+              "preset": preset or "", "teacher": teacher_name, "config": config_to_dict(cfg)}
+    run = Run.create(out, record, resume=resume, overwrite=overwrite, interrupt_after=interrupt_after,
+                     progress=progress)
+    try:
+        run.save_arch(a)
+        seed_everything(seed)
+        model = a.build()
+        trainer = Trainer(model, cfg, run=run, device=dev, teacher=teacher_model, seed=seed, arch=a,
+                          verbose=verbose)
+        metrics = trainer.fit(ds.train, ds.test)
+        run.save_model(trainer.model, a)
+        run.write_result({"kind": "train", "arch": a.to_dict(), "costs": a.costs, "dataset": ds.name,
+                          "preset": preset or "", "teacher": teacher_name, "config": config_to_dict(cfg),
+                          "metrics": metrics}, device=dev, seed=seed)
+        return TrainResult(trainer.model.eval(), a, metrics, out, trainer.history)
+    finally:
+        run.close()
