@@ -1,0 +1,96 @@
+"""Pieces shared by the DARTS discrete network and the supernet: drop path, the auxiliary head, the
+reduction-cell positions and the liveness analysis that lets a cell skip null edges and dead nodes."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["AuxiliaryHead", "CellPlan", "drop_path", "plan_cell", "reduction_layers"]
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples of `x` with probability `drop_prob`, scaling the kept ones by 1/(1-p)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class CellPlan:
+    """Which parts of a cell DAG compute: the liveness analysis behind skipping null edges.
+
+    `entries[i]` holds node i's live inputs as `(slot, input_index)` (slot = position in the genotype's
+    op list); a node with no live entry is dead (zero). `needed_inputs` are the cell inputs (0, 1) read
+    by a live entry; `computed` the intermediate nodes to compute (alive and in, or feeding, the concat).
+    """
+
+    __slots__ = ("computed", "concat", "entries", "needed_inputs", "steps")
+
+    def __init__(self, steps: int, entries: list[list[tuple[int, int]]], concat: list[int],
+                 computed: set[int], needed_inputs: set[int]) -> None:
+        self.steps, self.entries, self.concat = steps, entries, concat
+        self.computed, self.needed_inputs = computed, needed_inputs
+
+
+def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable[int]) -> CellPlan:
+    """Liveness of a cell: `nodes[i]` lists (slot, input_index, is_null) for intermediate node i.
+
+    A state is alive if it is a cell input or has a non-null entry from an alive state; a state is
+    needed if it is in `concat` or an alive entry of a needed node reads it. Only alive non-null entries
+    of needed nodes run.
+    """
+    steps = len(nodes)
+    concat = list(concat)
+    alive = [True, True] + [False] * steps
+    for i, node in enumerate(nodes):
+        alive[i + 2] = any(not null and alive[j] for _, j, null in node)
+    needed = [False] * (steps + 2)
+    for c in concat:
+        needed[c] = alive[c]
+    for i in reversed(range(steps)):
+        if needed[i + 2]:
+            for _, j, null in nodes[i]:
+                if not null and alive[j]:
+                    needed[j] = True
+    entries = [
+        [(slot, j) for slot, j, null in node if not null and alive[j]] if needed[i + 2] else []
+        for i, node in enumerate(nodes)
+    ]
+    computed = {i for i in range(steps) if needed[i + 2]}
+    return CellPlan(steps, entries, concat, computed, {j for j in (0, 1) if needed[j]})
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS' CIFAR auxiliary classifier (on 8x8 maps: ReLU, 5x5/3 avg pool, 1x1 conv 128, BN, ReLU,
+    2x2 conv 768, BN, ReLU, linear). Maps smaller than 5 are pooled to 2x2 first and larger outputs are
+    averaged, so it works at any input size; at 32x32 inputs it is exactly DARTS' head."""
+
+    def __init__(self, C: int, num_classes: int, size: int = 8) -> None:
+        super().__init__()
+        pool: nn.Module = (nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False) if size >= 5
+                           else nn.AdaptiveAvgPool2d(2))
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            pool,
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+def reduction_layers(layers: int) -> tuple[int, ...]:
+    """Indices of the reduction cells: layers//3 and 2*layers//3 (one index when they coincide)."""
+    return tuple(sorted({layers // 3, 2 * layers // 3}))
+
+
