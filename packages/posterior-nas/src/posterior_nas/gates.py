@@ -1,0 +1,118 @@
+"""The hybrid representation of the paper: convolutions whose input channels carry architecture variables.
+
+A `GatedConv` is a conv whose *input channels* are switched on and off. In the supernet each one is a
+group (layer, kernel-size group) with a single learned drop rate p = sigmoid(p_logit):
+
+* training: concrete (relaxed Bernoulli) dropout on the input channels, one noise draw per example and
+  channel, temperature tau, and NO 1/(1-p) rescale (paper Eq. 16; the official `Conv2d_with_CD`);
+* evaluation without masks: the expected mask, i.e. the input times (1 - p);
+* hard masks (posterior-guided sampling): a given {0,1} mask per channel. Several masks are evaluated
+  in one forward by folding them into the batch: with M masks and a batch of M*n images, images
+  [i*n, (i+1)*n) see mask i (see `fold_mul`).
+
+In a physically pruned network the same module has no gate: it keeps only the selected input channels
+(`in_idx`, an index_select on its input) and its weight has that many input channels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def fold_mul(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x (M*n, C, H, W) times per-mask factors m (M, C) or (M, 1): image block i gets row i of m."""
+    M = m.shape[0]
+    if M == x.shape[0]:
+        return x * m.view(M, m.shape[1], 1, 1)
+    return (x.view(M, -1, *x.shape[1:]) * m.view(M, 1, m.shape[1], 1, 1)).view(x.shape)
+
+
+class GatedConv(nn.Module):
+    """A bias-free conv with gated input channels (supernet) or selected input channels (pruned net)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, dilation: int = 1, *,
+                 in_idx: torch.Tensor | None = None, gated: bool = False, p_init: float = 0.1,
+                 temperature: float = 0.2) -> None:
+        super().__init__()
+        kept = cin if in_idx is None else int(in_idx.numel())
+        self.conv = nn.Conv2d(kept, cout, kernel, stride=stride, padding=dilation * (kernel - 1) // 2,
+                              dilation=dilation, bias=False)
+        self.register_buffer("in_idx", None if in_idx is None else in_idx.long().clone(), persistent=False)
+        self.gated = gated
+        self.temperature = float(temperature)
+        if gated:
+            self.p_logit = nn.Parameter(torch.tensor(math.log(p_init) - math.log1p(-p_init)))
+        self.hard_mask: torch.Tensor | None = None  # (M, cin) float {0,1}, set by SupNet.masked()
+
+    @property
+    def channels(self) -> int:
+        """How many input channels this group switches (the K of the regulariser)."""
+        return self.conv.in_channels
+
+    @property
+    def p(self) -> torch.Tensor:
+        """The learned drop rate of this group."""
+        return torch.sigmoid(self.p_logit)
+
+    def concrete_mask(self, batch: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+        """A relaxed keep-mask (batch, channels) in (0, 1): 1 - sigmoid((logit p + logistic noise) / tau).
+
+        The logistic noise is drawn as log(-log u1) - log(-log u2), as in the official code.
+        """
+        eps = 1e-7
+        u = torch.rand(2, batch, channels, device=like.device, dtype=like.dtype).clamp_(eps, 1 - eps)
+        noise = torch.log(-torch.log(u[0])) - torch.log(-torch.log(u[1]))
+        drop = torch.sigmoid((self.p_logit.to(like.dtype) + noise) / self.temperature)
+        return 1.0 - drop
+
+    def alive(self) -> torch.Tensor | None:
+        """(M, 1) float: 1 where the hard mask keeps at least one channel; None without hard masks."""
+        if self.hard_mask is None:
+            return None
+        return (self.hard_mask.amax(dim=1, keepdim=True) > 0).to(self.hard_mask.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.in_idx is not None:
+            x = x.index_select(1, self.in_idx)
+        if self.gated:
+            if self.hard_mask is not None:
+                x = fold_mul(x, self.hard_mask.to(x.dtype))
+            elif self.training:
+                x = x * self.concrete_mask(x.shape[0], x.shape[1], x)[:, :, None, None]
+            else:
+                x = x * (1.0 - self.p).to(x.dtype)
+        return self.conv(x)
+
+    def regulariser(self, l2: float, N: float, form: str = "paper") -> torch.Tensor:
+        """This group's KL term of the negative ELBO (see `regulariser`)."""
+        p = self.p
+        w2 = self.conv.weight.pow(2).sum()
+        k = self.channels
+        if form == "paper":
+            ent = p * torch.log(p)
+        elif form == "concrete":
+            ent = p * torch.log(p) + (1 - p) * torch.log1p(-p)
+        else:  # validated by the config; kept for direct callers
+            raise ValueError(f"regulariser form {form!r} is not 'paper' or 'concrete'")
+        return l2 * (1 - p) / (2 * N) * w2 + k / N * ent
+
+
+def regulariser(gates: list[GatedConv], l2: float, N: float, form: str = "paper") -> torch.Tensor:
+    """The architecture/weight regulariser of the paper's loss (Eq. 15), summed over groups g:
+
+        paper:    sum_g  l2 * (1 - p_g) / (2 N) * ||W_g||^2  +  (K_g / N) * p_g * log p_g
+        concrete: sum_g  l2 * (1 - p_g) / (2 N) * ||W_g||^2  +  (K_g / N) * [p log p + (1-p) log(1-p)]
+
+    W_g is the conv weight the group gates (all its input-channel slices), K_g its number of input
+    channels, N the data-set size scale (5e5 for CIFAR in the paper). `paper` is Eq. 15 as printed
+    (the negative entropy without its (1-p) term, minimum at p = 1/e); `concrete` is the full
+    Concrete-Dropout form of the official PyTorch code (minimum at p = 1/2).
+    """
+    if not gates:
+        raise ValueError("no gated convolutions: is this a supernet built with gated=True?")
+    return torch.stack([g.regulariser(l2, N, form) for g in gates]).sum()
+
+
+__all__ = ["GatedConv", "fold_mul", "regulariser"]
