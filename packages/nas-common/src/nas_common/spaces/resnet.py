@@ -74,7 +74,9 @@ def width_choices(c: int, ratios: Sequence[float] = WIDTH_RATIOS) -> list[int]:
 
 
 def depth_choices(n: int) -> list[int]:
-    """TAS's candidate depths of an n-block stage: 1, 3, 5, ..., plus n itself (e.g. n=3: 1, 2, 3)."""
+    """TAS's candidate depths of an n-block stage: 1..n for n <= 3, else 1, 3, 5, ... plus n (n=18: 1, ..., 17, 18)."""
+    if n <= 3:
+        return list(range(1, n + 1))
     return sorted(set(range(1, n + 1, 2)) | {n})
 
 
