@@ -74,4 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m nas_common.cli` (e.g. under torchrun): run the imported module's main, so subcommands
+    # register into the same COMMANDS registry that it reads (not into this __main__ copy's).
+    from nas_common.cli import main as _main
+
+    sys.exit(_main())
