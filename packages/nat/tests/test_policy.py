@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import torch
 
-from nat_nas.cells import NULL_OP, Cell, random_cell, resnet_cell, vgg_cell
+from nas_common.spaces.darts import genotype_to_spec
+from nas_common.spaces.darts_genotypes import GENOTYPES
+
+from nat_nas.cells import NULL_OP, Cell, CellPair, random_cell
 from nat_nas.policy import GCN, NATPolicy, normalized_adjacency
 from nat_nas.transitions import KEEP, NULL, SKIP, transition_mask
 
@@ -12,13 +15,17 @@ OPS = [NULL_OP, "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", 
 REAL = OPS[1:]
 
 
+def _hand(name: str) -> CellPair:
+    return CellPair.from_spec(genotype_to_spec(GENOTYPES[name]))
+
+
 def _policy(seed: int = 0) -> NATPolicy:
     torch.manual_seed(seed)
     return NATPolicy(OPS, embed=8, features=16, hidden=12)
 
 
 def test_normalized_adjacency_is_symmetric_with_unit_spectrum() -> None:
-    adj = resnet_cell().adjacency().unsqueeze(0)
+    adj = _hand("resnet-block").normal.adjacency().unsqueeze(0)
     a = normalized_adjacency(adj)[0]
     torch.testing.assert_close(a, a.t())
     assert torch.all(torch.diagonal(a) > 0)  # self-loops
@@ -63,7 +70,7 @@ def test_policy_is_equivariant_to_node_relabelling() -> None:
 def test_masked_actions_have_zero_probability_and_are_never_sampled() -> None:
     policy = _policy()
     g = torch.Generator().manual_seed(0)
-    cells = [random_cell(g, REAL) for _ in range(6)] + [vgg_cell(), resnet_cell()]
+    cells = [random_cell(g, REAL) for _ in range(6)] + [*_hand("vgg-block").cells(), *_hand("resnet-block").cells()]
     masks = torch.stack([transition_mask(c, reduction=i % 2 == 1) for i, c in enumerate(cells)])
     # also mask some more at random (as the cost mask would), keeping "keep" always allowed
     extra = torch.rand(masks.shape, generator=g) < 0.3

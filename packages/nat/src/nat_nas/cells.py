@@ -4,16 +4,13 @@ A cell is a DAG with two input nodes (0: c_{k-2}, 1: c_{k-1}) and `n` intermedia
 Intermediate node t has exactly two incoming edges, listed in order: edge 2(t-2) and 2(t-2)+1. Each
 edge carries an op name (a real op "O", `skip_connect` "S", or the null op "N"). This is the DARTS
 genotype form (`[[op, input], ...]`, two entries per node), so any published DARTS-space genotype, a
-user's arch.json of the `darts` space, and the hand-crafted cells below are all NAT inputs.
+user's arch.json of the `darts` space, and hand-crafted cells are all NAT inputs.
 
-Hand-crafted cells (our own encodings in the same form; the paper transforms a VGG and a ResNet cell
-but its exact DAGs are not published in the text we have):
+The hand-crafted cells (a ResNet basic block, a VGG block) are nas_common's genotypes `resnet-block`
+and `vgg-block` (`conv_3x3`, `skip_connect` and null edges, output = the last node).
 
-* `vgg` cell: a chain of four 3x3 convs, node t = conv_3x3(node t-1) + null(c_{k-2}).
-* `resnet` cell: two stacked basic blocks, node 2 = conv_3x3(c_{k-1}) + null(c_{k-2}),
-  node 3 = conv_3x3(node 2) + skip(c_{k-1}), and again for nodes 4, 5 on top of node 3.
-
-The cell output concatenates every intermediate node, as in DARTS ("fully concat").
+A cell keeps its `concat` (the output nodes) through every transformation; NAT's uniform prior
+concatenates every intermediate node (DARTS' "fully concat").
 """
 from __future__ import annotations
 
@@ -82,7 +79,7 @@ class Cell:
         return tuple(edge_kind(op) for op in self.ops)
 
     def with_ops(self, ops: Sequence[str]) -> Cell:
-        return Cell(tuple(canonical_op(o) for o in ops), self.inputs, self.concat)
+        return Cell(tuple(ops), self.inputs, self.concat)
 
     def adjacency(self) -> torch.Tensor:
         """(n+2, n+2) edge counts, `A[to, from]` (two edges from the same node count twice)."""
@@ -107,7 +104,7 @@ class Cell:
             op, src = pair
             if not isinstance(op, str) or not isinstance(src, int) or isinstance(src, bool):
                 raise ArchFileError(f"{where}[{i}] must be [op name, input node], got {pair!r}")
-            ops.append(canonical_op(op))
+            ops.append(op)
             inputs.append(src)
         try:
             return cls(tuple(ops), tuple(inputs), tuple(concat) if concat is not None else None)
@@ -140,39 +137,6 @@ class CellPair:
                                 "of [op, input] pairs")
         return cls(Cell.from_genotype(spec["normal"], spec.get("normal_concat"), "spec.normal"),
                    Cell.from_genotype(spec["reduce"], spec.get("reduce_concat"), "spec.reduce"))
-
-
-# ---- hand-crafted cells ----------------------------------------------------------------------------
-
-def vgg_cell(nodes: int = 4) -> Cell:
-    """A VGG block: a chain of 3x3 convs (node t = conv_3x3(node t-1)); the second edge is null."""
-    ops, inputs = [], []
-    for t in range(2, 2 + nodes):
-        ops += ["conv_3x3", NULL_OP]
-        inputs += [t - 1, 0]
-    return Cell(tuple(ops), tuple(inputs))
-
-
-def resnet_cell(nodes: int = 4) -> Cell:
-    """ResNet basic blocks: conv_3x3 -> (conv_3x3 + identity shortcut), stacked `nodes // 2` times."""
-    if nodes % 2:
-        raise ValueError("a ResNet cell stacks basic blocks of two nodes: give an even number of nodes")
-    ops, inputs = [], []
-    block_in = 1
-    for t in range(2, 2 + nodes, 2):
-        ops += ["conv_3x3", NULL_OP, "conv_3x3", SKIP_OP]
-        inputs += [block_in, 0, t, block_in]
-        block_in = t + 1
-    return Cell(tuple(ops), tuple(inputs))
-
-
-HAND_CRAFTED = {"vgg": vgg_cell, "resnet": resnet_cell}
-
-
-def hand_crafted_spec(name: str) -> dict[str, Any]:
-    """The DARTS-space spec of a hand-crafted cell (the same cell as normal and as reduction cell)."""
-    cell = HAND_CRAFTED[name]()
-    return CellPair(cell, cell).to_spec()
 
 
 def random_cell(generator: torch.Generator | None, ops: Sequence[str], nodes: int = 4) -> Cell:

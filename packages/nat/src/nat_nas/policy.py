@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .cells import Cell
+from .cells import Cell, canonical_op
 from .transitions import ACTIONS
 
 
@@ -83,7 +83,7 @@ class NATPolicy(nn.Module):
     def __init__(self, ops: Sequence[str], embed: int = 100, features: int = 1024, hidden: int = 100,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        self.ops = list(ops)
+        self.ops = [canonical_op(o) for o in ops]
         self.op_index = {op: i for i, op in enumerate(self.ops)}
         self.op_embed = nn.Embedding(len(self.ops), embed)
         self.input_embed = nn.Embedding(2, 2 * embed)
@@ -98,7 +98,8 @@ class NATPolicy(nn.Module):
     def encode(self, cells: Sequence[Cell]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, E) op indices and (B, N, N) adjacencies of cells with the same number of nodes."""
         try:
-            ops = torch.tensor([[self.op_index[o] for o in c.ops] for c in cells], device=self.device)
+            ops = torch.tensor([[self.op_index[canonical_op(o)] for o in c.ops] for c in cells],
+                               device=self.device)
         except KeyError as e:
             raise ValueError(f"op {e.args[0]!r} is not in the policy's vocabulary {self.ops}") from None
         adj = torch.stack([c.adjacency() for c in cells]).to(self.device)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .cells import NULL_OP, SKIP_OP, Cell, edge_kind
+from .cells import NULL_OP, SKIP_OP, Cell, canonical_op, edge_kind
 
 ACTIONS: tuple[str, ...] = ("keep", "skip", "null")
 KEEP, SKIP, NULL = 0, 1, 2
@@ -75,11 +75,11 @@ def actions_between(src: Cell, dst: Cell) -> list[int] | None:
         return None
     out = []
     for a, b in zip(src.ops, dst.ops):
-        if a == b:
+        if canonical_op(a) == canonical_op(b):
             out.append(KEEP)
         elif b == SKIP_OP:
             out.append(SKIP)
-        elif b == NULL_OP:
+        elif canonical_op(b) == NULL_OP:
             out.append(NULL)
         else:
             return None
