@@ -173,6 +173,19 @@ class EdgeCosts:
         return self._cache[key]
 
 
+def reinforce_step(log_prob: torch.Tensor, entropy: torch.Tensor, reward: torch.Tensor, baseline: torch.Tensor,
+                   entropy_coeffs: tuple[float, float], decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """NAT's policy loss and the next baseline.
+
+    loss = -(sum of log pi over the cells) * (r - b) - sum_c coeff_c * H_c, with `log_prob` and `entropy`
+    per cell type (normal, reduce). The baseline is a moving average of the reward, b <- decay * b +
+    (1 - decay) * r (the official code averages r - b instead, so its b settles at half the reward).
+    """
+    coeffs = torch.tensor(entropy_coeffs, dtype=entropy.dtype, device=entropy.device)
+    loss = -log_prob.sum() * (reward - baseline).detach() - (coeffs * entropy).sum()
+    return loss, (decay * baseline + (1.0 - decay) * reward).detach()
+
+
 # ---- the method --------------------------------------------------------------------------------------
 
 @dataclass
@@ -374,13 +387,12 @@ class NATSearch:
                     acc_b = (self._forward(parts, x, beta).argmax(-1) == y).float().mean()
                     acc_a = (self._forward(parts, x, alpha).argmax(-1) == y).float().mean()
                 reward = acc_a - acc_b
-                advantage = reward - baseline
-                loss = (-out.log_prob.sum() * advantage - config.entropy_normal * out.entropy[0]
-                        - config.entropy_reduce * out.entropy[1])
+                loss, baseline = reinforce_step(out.log_prob, out.entropy, reward, baseline,
+                                                (config.entropy_normal, config.entropy_reduce),
+                                                config.baseline_decay)
                 p_opt.zero_grad(set_to_none=True)
                 loss.backward()
                 p_opt.step()
-                baseline = config.baseline_decay * baseline + (1.0 - config.baseline_decay) * reward
                 sums += torch.stack([reward, acc_b, acc_a, out.entropy.sum().detach()])
                 n_p += 1
             s = (sums / max(1, n_p)).tolist()

@@ -1,0 +1,127 @@
+"""NAT's search pieces: REINFORCE baseline, input architectures, the saved policy, derive's costs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas_common.arch import Arch, save_arch
+from nas_common.config import resolve_config
+from nas_common.costs import count_costs
+from nas_common.data import get_dataset
+from nas_common.errors import ConfigError
+from nas_common.methods import Task
+from nas_common.search import run_search
+from nas_common.spaces.darts import genotype_to_spec
+from nas_common.spaces.darts_genotypes import GENOTYPES
+
+from nat_nas import NATConfig, NATSearch
+from nat_nas.cells import CellPair
+from nat_nas.search import POLICY_FILE, EdgeCosts, cell_positions, reinforce_step, resolve_input_arch
+from nat_nas.transitions import is_reachable
+
+MICRO = {"C": 4, "layers": 3, "epochs": 2, "batch_size": 16, "policy_embed": 8, "policy_features": 16,
+         "policy_hidden": 8, "num_samples": 3, "eval_batch_size": 32, "net_C": 4, "net_layers": 3}
+
+
+def _task() -> Task:
+    return Task(dataset=get_dataset("cifar10-mini").subset(64, 32))
+
+
+def test_baseline_tracks_the_reward_not_the_advantage() -> None:
+    b = torch.zeros(())
+    lp, ent = torch.zeros(2, requires_grad=True), torch.zeros(2)
+    for _ in range(2000):
+        _, b = reinforce_step(lp, ent, torch.tensor(0.2), b, (0.003, 0.003), 0.99)
+    assert b.item() == pytest.approx(0.2, abs=1e-3)  # the official update would settle at 0.1
+
+
+def test_reinforce_loss_gradient_and_entropy_bonus() -> None:
+    lp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    ent = torch.tensor([0.5, 0.25], requires_grad=True)
+    loss, _ = reinforce_step(lp, ent, torch.tensor(0.3), torch.tensor(0.1), (0.003, 0.006), 0.99)
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.full((2,), -0.2))  # -(r - b)
+    torch.testing.assert_close(ent.grad, torch.tensor([-0.003, -0.006]))
+
+
+def test_paper_preset_values() -> None:
+    cfg = resolve_config(NATConfig, "paper")
+    assert (cfg.C, cfg.layers, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == \
+        (20, 8, 100, 64, 0.01, 0.9, 3e-4)
+    assert (cfg.weight_fraction, cfg.policy_hidden, cfg.policy_lr, cfg.policy_betas, cfg.policy_weight_decay) == \
+        (0.4, 100, 3e-4, (0.5, 0.999), 5e-4)
+    assert (cfg.entropy_normal, cfg.entropy_reduce, cfg.baseline_decay, cfg.num_samples) == (0.003, 0.003, 0.99, 10)
+    assert cfg.input_arch == "darts-v2" and "conv_3x3" in cfg.ops and (cfg.net_C, cfg.net_layers) == (36, 20)
+
+
+def test_cell_positions_follow_the_darts_layout() -> None:
+    assert cell_positions(36, 20, 32, reduction=True) == [(72, 32), (144, 16)]
+    assert cell_positions(36, 20, 32, reduction=False) == [(36, 32), (72, 16), (144, 8)]
+    assert len(EdgeCosts(36, 20, 32, True)("sep_conv_3x3", 2)) == 4
+
+
+def test_input_arch_by_name_file_and_errors(tmp_path: Path) -> None:
+    assert resolve_input_arch("darts-v2").spec == genotype_to_spec(GENOTYPES["darts-v2"])
+    assert resolve_input_arch("DARTS_V2").spec == genotype_to_spec(GENOTYPES["darts-v2"])
+    path = save_arch(Arch("darts", genotype_to_spec(GENOTYPES["enas"]), {"num_classes": 10}), tmp_path / "a.json")
+    assert resolve_input_arch(str(path)).spec["reduce_concat"] == [2, 3, 6]
+    with pytest.raises(ConfigError, match="darts-v2"):
+        resolve_input_arch("darts-v3")
+    with pytest.raises(ConfigError, match="space"):
+        resolve_input_arch("resnet20")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Arch]:
+    out = tmp_path_factory.mktemp("nat") / "run"
+    _, arch = run_search("nat", _task(), out=out, preset="tiny", overrides=dict(MICRO), progress=False)
+    return out, arch
+
+
+def test_derive_records_both_costs_and_never_more(trained: tuple[Path, Arch]) -> None:
+    run_dir, arch = trained
+    assert (run_dir / POLICY_FILE).is_file()
+    c = arch.costs
+    assert c["macs"] <= c["input_macs"] and c["params"] <= c["input_params"]
+    inp = Arch("darts", arch.provenance["input_spec"], arch.net)
+    counted = count_costs(inp.build(), tuple(arch.net["input"]))
+    assert counted["macs"] == c["input_macs"] and counted["params"] == c["input_params"]
+    src, dst = CellPair.from_spec(arch.provenance["input_spec"]), CellPair.from_spec(arch.spec)
+    assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
+
+
+@pytest.mark.parametrize("name", ["vgg-block", "resnet-block", "darts-v1"])
+def test_saved_policy_transforms_a_new_arch_without_training(trained: tuple[Path, Arch], tmp_path: Path,
+                                                            name: str) -> None:
+    run_dir, _ = trained
+    out = tmp_path / "reuse"
+    result, arch = run_search("nat", _task(), out=out, preset="tiny",
+                              overrides={**MICRO, "policy": str(run_dir), "input_arch": name}, progress=False)
+    assert not (out / "checkpoints").exists()  # no training happened
+    assert result.metrics["policy_from"] == str(run_dir)
+    src = CellPair.from_spec(genotype_to_spec(GENOTYPES[name]))
+    dst = CellPair.from_spec(arch.spec)
+    assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
+    assert arch.costs["macs"] <= arch.costs["input_macs"] and arch.costs["params"] <= arch.costs["input_params"]
+
+
+def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path, Arch], tmp_path: Path) -> None:
+    run_dir, _ = trained
+    with pytest.raises(ConfigError, match="5-node"):  # PNAS has 5 nodes, the policy's supernet 4
+        run_search("nat", _task(), out=tmp_path / "x", preset="tiny",
+                   overrides={**MICRO, "policy": str(run_dir), "input_arch": "pnas"}, progress=False)
+    spec = genotype_to_spec(GENOTYPES["darts-v2"])
+    spec["normal"][0] = ["sep_conv_7x7", 0]
+    path = save_arch(Arch("darts", spec, {"num_classes": 10}), tmp_path / "a.json")
+    with pytest.raises(ConfigError, match="sep_conv_7x7"):
+        run_search("nat", _task(), out=tmp_path / "z", preset="tiny",
+                   overrides={**MICRO, "policy": str(run_dir), "input_arch": str(path)}, progress=False)
+    with pytest.raises(ConfigError, match=POLICY_FILE):
+        run_search("nat", _task(), out=tmp_path / "y", preset="tiny",
+                   overrides={**MICRO, "policy": str(tmp_path)}, progress=False)
+
+
+def test_method_protocol() -> None:
+    assert NATSearch.name == "nat" and NATSearch.config_cls is NATConfig
