@@ -125,3 +125,21 @@ def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path,
 
 def test_method_protocol() -> None:
     assert NATSearch.name == "nat" and NATSearch.config_cls is NATConfig
+
+
+@pytest.mark.slow
+def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`nas search nat --policy RUN_DIR --input-arch ARCH` (the issue's command line), in process."""
+    from nas_common.arch import load_arch
+    from nas_common.cli import main
+
+    run_dir, _ = trained
+    out = tmp_path / "cli"
+    args = ["search", "nat", "--preset", "tiny", "--out", str(out), "--policy", str(run_dir),
+            "--input-arch", "vgg-block", "--json"] + [x for k, v in MICRO.items() for x in ("-o", f"{k}={v}")]
+    assert main(args) == 0
+    arch = load_arch(out / "arch.json")
+    assert arch.provenance["input_arch"] == "vgg-block" and arch.provenance["policy"] == str(run_dir)
+    assert arch.costs["macs"] <= arch.costs["input_macs"]
+    capsys.readouterr()

@@ -24,6 +24,11 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    # method-specific shortcuts, passed through as config overrides (a method without the key refuses it)
+    p.add_argument("--input-arch", default=None, metavar="ARCH",
+                   help="the architecture to transform (NAT): a genotype name or an arch.json; = -o input_arch=ARCH")
+    p.add_argument("--policy", default=None, metavar="RUN_DIR",
+                   help="reuse the trained policy of an earlier run (NAT); = -o policy=RUN_DIR")
 
 
 @command("search", "search an architecture with a method", arguments)
@@ -32,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
     budget = Budget(macs=args.budget_macs, params=args.budget_params)
     ds = get_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     task = Task(dataset=ds, device=device, seed=args.seed, budget=budget)
+    overrides = list(args.override)
+    if args.input_arch is not None:
+        overrides.append(f"input_arch={args.input_arch}")
+    if args.policy is not None:
+        overrides.append(f"policy={args.policy}")
     if not args.json:
         from ..runs import device_name, package_versions
 
@@ -39,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nas search {args.method}: dataset {ds.name}, device {device} ({device_name(device)}), "
               f"seed {args.seed}, torch {v.get('torch')}, out {args.out}")
     result, arch = run_search(args.method, task, out=args.out, preset=args.preset, config_file=args.config,
-                              overrides=args.override, resume=args.resume, overwrite=args.overwrite)
+                              overrides=overrides, resume=args.resume, overwrite=args.overwrite)
     over = budget.violations(arch.costs)
     if args.json:
         print(json.dumps({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over}))
