@@ -3,8 +3,8 @@
 How the activation part is obtained depends on the device (and the result says which):
 
 * CUDA: measured. `torch.cuda.max_memory_allocated` during a forward pass (and backward, with
-  `training=True`) minus what was allocated before it (weights and the input), after resetting the
-  peak statistics. This is the real peak, including the allocator's rounding and any workspace.
+  `training=True`: then gradients count too) minus what was allocated before it (weights and the
+  input), after resetting the peak statistics. This is the real peak, including the allocator's rounding and any workspace.
 * CPU (and other devices): estimated. The bytes of every tensor output by a leaf module during a
   forward pass, summed (a forward hook on each leaf module). This is what a training step keeps for
   the backward pass (an upper bound of an inference peak, which frees activations as it goes);
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .macs import _one_thread
 
 __all__ = ["measure_memory", "memory_breakdown", "weight_bytes"]
 
@@ -72,7 +74,7 @@ def memory_breakdown(model: nn.Module, input_shape: Sequence[int], batch_size: i
             leaves = [m for m in model.modules() if not list(m.children())]
             handles = [m.register_forward_hook(hook) for m in leaves]
             try:
-                with torch.no_grad():
+                with torch.no_grad(), _one_thread(device):  # the count does not depend on threads
                     model(x)
             finally:
                 for h in handles:
