@@ -117,7 +117,7 @@ class DartsNetwork(nn.Module):
     """
 
     def __init__(self, C: int, num_classes: int, layers: int, genotype: Genotype, auxiliary: bool = False,
-                 input_channels: int = 3, stem_multiplier: int = 3, input_size: int = 32) -> None:
+                 input_channels: int = 3, stem_multiplier: int = 3) -> None:
         super().__init__()
         self.genotype = genotype
         self.layers = layers
@@ -129,23 +129,21 @@ class DartsNetwork(nn.Module):
             nn.BatchNorm2d(C_curr),
         )
         C_pp, C_p, C_curr = C_curr, C_curr, C
-        size = input_size
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
         reduction_prev = False
-        C_aux, size_aux = C_p, size
+        C_aux = C_p
         for i in range(layers):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-                size = -(-size // 2)
             cell = DartsCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, cell.multiplier * C_curr
             if i == self._aux_pos:
-                C_aux, size_aux = C_p, size
-        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, size_aux) if auxiliary else None
+                C_aux = C_p
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
 
@@ -289,7 +287,7 @@ class DartsSpace(Space):
         net = self.validate_net(net)
         c_in, h, w = net["input"]
         return DartsNetwork(net["C"], net["num_classes"], net["layers"], spec_to_genotype(spec),
-                            auxiliary=net["auxiliary"], input_channels=c_in, input_size=min(h, w))
+                            auxiliary=net["auxiliary"], input_channels=c_in)
 
     def random_spec(self, rng: random.Random, net: dict[str, Any] | None = None, steps: int = 4) -> dict[str, Any]:
         """Uniform: each node takes 2 distinct inputs among its predecessors, each with an op drawn

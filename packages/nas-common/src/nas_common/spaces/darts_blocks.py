@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AuxiliaryHead", "CellPlan", "drop_path", "plan_cell", "reduction_layers"]
@@ -64,29 +65,32 @@ def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS' CIFAR auxiliary classifier (on 8x8 maps: ReLU, 5x5/3 avg pool, 1x1 conv 128, BN, ReLU,
-    2x2 conv 768, BN, ReLU, linear). Maps smaller than 5 are pooled to 2x2 first and larger outputs are
-    averaged, so it works at any input size; at 32x32 inputs it is exactly DARTS' head."""
+    """DARTS' CIFAR auxiliary classifier: on the 8x8 maps of a 32x32 input, ReLU, 5x5 average pool with
+    stride 3 (to 2x2), 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, BN, ReLU, linear. Maps smaller than
+    8x8 are average-pooled to 2x2 instead, and larger outputs are averaged, so that it runs at any input
+    size; at 32x32 inputs it is exactly DARTS' head. (Its first ReLU is not in place, unlike DARTS': the
+    cells after it apply their own ReLU first, so the result is the same and autograd stays safe.)"""
 
-    def __init__(self, C: int, num_classes: int, size: int = 8) -> None:
+    def __init__(self, C: int, num_classes: int) -> None:
         super().__init__()
-        pool: nn.Module = (nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False) if size >= 5
-                           else nn.AdaptiveAvgPool2d(2))
+        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            pool,
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
             nn.BatchNorm2d(768),
             nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),
         )
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x).flatten(1))
+        x = torch.relu(x)
+        x = self.pool(x) if min(x.shape[-2:]) >= 8 else F.adaptive_avg_pool2d(x, 2)
+        x = self.features(x)
+        if x.shape[-1] != 1 or x.shape[-2] != 1:
+            x = F.adaptive_avg_pool2d(x, 1)
+        return self.classifier(x.flatten(1))
 
 
 def reduction_layers(layers: int) -> tuple[int, ...]:

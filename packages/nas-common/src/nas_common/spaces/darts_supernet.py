@@ -199,7 +199,6 @@ class DartsSupernet(nn.Module):
         input_channels: channels of the input images.
         op_wrapper: `op_wrapper(op, primitive_name, C) -> nn.Module` replaces each (non-null) op.
         auxiliary: add DARTS' auxiliary head after cell 2*layers//3 (ISTA-NAS one-stage).
-        input_size: input height/width (sizes the auxiliary head only).
 
     Attributes: `n_edges`, `n_ops`, `primitives`, `drop_path_prob` (sparse mode, training only).
     In training with `auxiliary`, both forwards return (logits, aux_logits); otherwise logits.
@@ -207,8 +206,7 @@ class DartsSupernet(nn.Module):
 
     def __init__(self, C: int, num_classes: int, layers: int, primitives: Sequence[str] = PRIMITIVES,
                  steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3, affine: bool = False,
-                 input_channels: int = 3, op_wrapper: OpWrapper | None = None, auxiliary: bool = False,
-                 input_size: int = 32) -> None:
+                 input_channels: int = 3, op_wrapper: OpWrapper | None = None, auxiliary: bool = False) -> None:
         super().__init__()
         primitives = tuple(primitives)
         if not primitives:
@@ -231,23 +229,21 @@ class DartsSupernet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(input_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
-        size = input_size
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
         reduction_prev = False
-        C_aux, size_aux = C_p, size
+        C_aux = C_p
         for i in range(layers):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-                size = -(-size // 2)
             self.cells.append(SupernetCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev,
                                            primitives, affine, op_wrapper))
             reduction_prev = reduction
             C_pp, C_p = C_p, multiplier * C_curr
             if i == self._aux_pos:
-                C_aux, size_aux = C_p, size
-        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, size_aux) if auxiliary else None
+                C_aux = C_p
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
 
