@@ -1,1 +1,26 @@
-"""posterior_nas (work in progress)."""
+"""posterior_nas: one-shot NAS through a posteriori distribution guided sampling (Zhou et al., AAAI 2020).
+
+    from posterior_nas import PosteriorSearch, PosteriorConfig
+
+The method `posterior-nas` (entry point `nas_common.methods`) and the spaces `supnet-m`, `supnet-mi`,
+`supnet-r` (entry point `nas_common.spaces`, module `posterior_nas.spaces`).
+"""
+from importlib import metadata as _metadata
+
+from .analysis import kendall_tau, standalone_accuracy
+from .gates import GatedConv, regulariser
+from .sampling import channel_rates, draw_masks, mean_drop_rate, sample_masks, score_masks
+from .search import PosteriorConfig, PosteriorSearch, supernet_net
+from .spaces import SPACES_BY_NAME, SupNetSpace, get_supnet_space
+from .supernets import MPlan, Plan, RPlan, SupNet, inherit_weights
+
+try:
+    __version__ = _metadata.version("posterior-nas")
+except _metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"
+
+__all__ = [
+    "GatedConv", "MPlan", "Plan", "PosteriorConfig", "PosteriorSearch", "RPlan", "SPACES_BY_NAME", "SupNet",
+    "SupNetSpace", "channel_rates", "draw_masks", "get_supnet_space", "inherit_weights", "kendall_tau",
+    "mean_drop_rate", "regulariser", "sample_masks", "score_masks", "standalone_accuracy", "supernet_net",
+]

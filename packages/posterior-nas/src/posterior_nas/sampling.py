@@ -1,0 +1,111 @@
+"""Posterior-guided sampling (Alg. 1, lines 7-16): draw hard masks, reject those over budget, score the
+rest with the inherited weights on held-out data (no fine-tuning), keep the best.
+
+Everything is vectorised: masks are (M, K) bool tensors over the supernet's flat channel layout,
+costs come in closed form from the plan, and scoring folds several masks into one batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from nas_common.methods import Budget
+
+from .supernets import Plan, SupNet
+
+
+def channel_rates(net: SupNet) -> torch.Tensor:
+    """Each channel's drop rate (its group's p), over the flat layout: (K,)."""
+    p = net.drop_rates().detach()
+    return torch.repeat_interleave(p, torch.tensor(net.plan.sizes, device=p.device))
+
+
+def mean_drop_rate(net: SupNet) -> float:
+    """The posterior's mean drop rate over all channels (what the uniform baseline uses)."""
+    return float(channel_rates(net).mean())
+
+
+def sample_masks(rates: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n hard keep-masks (n, K): channel k is dropped with probability rates[k] (u ~ U(0,1), drop iff
+    u < p, the official code's floor(u + p) = 1 rule)."""
+    u = torch.rand(n, rates.numel(), generator=generator, device=rates.device)
+    return u >= rates
+
+
+def within_budget(plan: Plan, masks: torch.Tensor, budget: Budget | None) -> torch.Tensor:
+    """(M,) bool: which masks' pruned networks meet the budget (all True without one)."""
+    if budget is None or not budget.is_set:
+        return torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    macs, params = plan.costs(masks)
+    ok = torch.ones_like(macs, dtype=torch.bool)
+    if budget.macs is not None:
+        ok &= macs <= budget.macs
+    if budget.params is not None:
+        ok &= params <= budget.params
+    return ok
+
+
+@dataclass
+class Draw:
+    """Masks that passed the budget, and how many were drawn to get them."""
+
+    masks: torch.Tensor
+    drawn: int
+
+
+def draw_masks(plan: Plan, rates: torch.Tensor, n: int, generator: torch.Generator, budget: Budget | None = None,
+               max_draws: int | None = None, chunk: int = 512) -> Draw:
+    """Up to n masks from per-channel `rates`, over-budget ones rejected before any scoring.
+
+    Draws in chunks until n masks pass or `max_draws` (default 50 n) were drawn.
+    """
+    max_draws = max_draws if max_draws is not None else 50 * n
+    kept: list[torch.Tensor] = []
+    have = drawn = 0
+    while have < n and drawn < max_draws:
+        m = sample_masks(rates, min(chunk, max_draws - drawn), generator)
+        drawn += m.shape[0]
+        m = m[within_budget(plan, m, budget)][: n - have]
+        kept.append(m)
+        have += m.shape[0]
+    masks = torch.cat(kept) if kept else torch.zeros(0, plan.num_channels, dtype=torch.bool, device=rates.device)
+    return Draw(masks, drawn)
+
+
+@torch.no_grad()
+def score_masks(net: SupNet, masks: torch.Tensor, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                fold: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accuracy and mean cross-entropy (each (M,)) of the supernet under each hard mask, on `batches`.
+
+    The supernet runs in eval mode with its trained weights (no fine-tuning). Masks are folded into
+    the batch: with image batches of b images, max(1, fold // b) masks share one forward pass.
+    """
+    net.eval()
+    M = masks.shape[0]
+    dev = masks.device
+    correct = torch.zeros(M, device=dev)
+    loss = torch.zeros(M, device=dev)
+    total = sum(int(y.shape[0]) for _, y in batches)
+    if M == 0 or total == 0:
+        return correct, loss
+    b = max(int(y.shape[0]) for _, y in batches)
+    per = max(1, fold // b)
+    for start in range(0, M, per):
+        chunk = masks[start:start + per]
+        m = chunk.shape[0]
+        with net.masked(chunk):
+            for x, y in batches:
+                out = net(x.repeat(m, 1, 1, 1))
+                yy = y.repeat(m)
+                correct[start:start + m] += (out.argmax(1) == yy).view(m, -1).sum(1).to(correct.dtype)
+                loss[start:start + m] += F.cross_entropy(out.float(), yy, reduction="none").view(m, -1).sum(1)
+    return correct / total, loss / total
+
+
+def best_index(acc: torch.Tensor, loss: torch.Tensor) -> int:
+    """The best mask: highest accuracy, ties broken by the lower loss, then by the earlier draw."""
+    order = torch.argsort(loss, stable=True)
+    order = order[torch.argsort(-acc[order], stable=True)]
+    return int(order[0])

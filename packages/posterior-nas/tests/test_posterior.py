@@ -1,0 +1,264 @@
+"""Behaviour of the hybrid representation, the supernets, the sampling and the config (issue 9, item 5)."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from nas_common.arch import Arch
+from nas_common.config import resolve_config
+from nas_common.costs import count_costs
+from nas_common.errors import ArchFileError, ConfigError
+from nas_common.methods import Budget
+from nas_common.registry import SPACES
+from posterior_nas import (GatedConv, PosteriorConfig, channel_rates, draw_masks, get_supnet_space,
+                           inherit_weights, regulariser, sample_masks, score_masks)
+from posterior_nas.sampling import best_index, within_budget
+
+MICRO_NETS = {
+    "supnet-m": {"width": 4, "blocks": [1, 2, 1], "stem": 4, "num_classes": 10, "input": [3, 16, 16]},
+    "supnet-mi": {"width": 8, "blocks": [1, 1, 1], "stem": 4, "num_classes": 10, "input": [3, 16, 16]},
+    "supnet-r": {"width": 8, "blocks": [1, 2, 1, 1], "num_classes": 10, "input": [3, 32, 32]},
+}
+
+
+def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def _masks(K: int, seed: int = 0) -> torch.Tensor:
+    """Masks from nearly full to nearly empty, so that whole convs and paths vanish in some."""
+    g = torch.Generator().manual_seed(seed)
+    rates = torch.tensor([0.0, 0.1, 0.5, 0.8, 0.95, 0.99, 1.0])[:, None]
+    return torch.rand(len(rates), K, generator=g) >= rates
+
+
+# ---- the hybrid representation ------------------------------------------------------------------------
+
+def test_useless_branch_drop_rate_rises_useful_falls() -> None:
+    """Toy data: branch A sees the label, branch B sees pure noise. Training the concrete-dropout
+    objective must raise B's drop rate and lower A's (both start at 0.1)."""
+    torch.manual_seed(0)
+    C, classes = 8, 4
+    a = GatedConv(C, classes, 1, gated=True, p_init=0.1)
+    b = GatedConv(C, classes, 1, gated=True, p_init=0.1)
+    opt = torch.optim.Adam([*a.parameters(), *b.parameters()], lr=0.05)
+    proto = torch.randn(classes, C) * 2
+    for _ in range(300):
+        y = torch.randint(0, classes, (128,))
+        xa = (proto[y] + torch.randn(128, C))[:, :, None, None]
+        xb = torch.randn(128, C, 1, 1)
+        logits = (a(xa) + b(xb)).flatten(1)
+        loss = torch.nn.functional.cross_entropy(logits, y) + regulariser([a, b], l2=1.0, N=1000.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pa, pb = float(a.p.detach()), float(b.p.detach())
+    assert pb > 0.2, pb
+    assert pa < 0.05, pa
+
+
+@pytest.mark.parametrize("form", ["paper", "concrete"])
+def test_regulariser_matches_closed_form(form: str) -> None:
+    g1 = GatedConv(3, 2, 1, gated=True, p_init=0.2)
+    g2 = GatedConv(5, 4, 3, gated=True, p_init=0.6)
+    torch.nn.init.constant_(g1.conv.weight, 0.5)  # ||W||^2 = 6 * 0.25
+    torch.nn.init.constant_(g2.conv.weight, -0.1)  # ||W||^2 = 180 * 0.01
+    l2, N = 10.0, 100.0
+
+    def term(p: float, w2: float, k: int) -> float:
+        ent = p * math.log(p) + ((1 - p) * math.log(1 - p) if form == "concrete" else 0.0)
+        return l2 * (1 - p) / (2 * N) * w2 + k / N * ent
+
+    expected = term(0.2, 1.5, 3) + term(0.6, 1.8, 5)
+    got = regulariser([g1, g2], l2, N, form)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # paper form: with no weights the drop-rate term has its minimum at p = 1/e (concrete: at 1/2)
+    torch.nn.init.zeros_(g1.conv.weight)
+    g1.p_logit.data.fill_(math.log(1 / math.e) - math.log(1 - 1 / math.e) if form == "paper" else 0.0)
+    regulariser([g1], l2, N, form).backward()
+    assert abs(float(g1.p_logit.grad)) < 1e-6
+
+
+def test_concrete_mask_is_relaxed_bernoulli() -> None:
+    """At a low temperature the relaxed keep-mask is near {0, 1} and keeps a channel with prob 1 - p;
+    no 1/(1-p) rescale."""
+    torch.manual_seed(0)
+    g = GatedConv(4, 4, 1, gated=True, p_init=0.3, temperature=0.05)
+    m = g.concrete_mask(20000, 4, torch.zeros(1))
+    assert float(m.mean()) == pytest.approx(0.7, abs=0.02)
+    assert float(((m > 0.05) & (m < 0.95)).float().mean()) < 0.1
+    assert float(m.max()) <= 1.0
+
+
+# ---- supernets, spaces, pruned networks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(MICRO_NETS))
+def test_pruned_network_equals_masked_supernet(name: str) -> None:
+    space = get_supnet_space(name)
+    net = space.validate_net(MICRO_NETS[name])
+    plan = space.plan(net)
+    torch.manual_seed(0)
+    sup = space.supernet(net)
+    _randomise_bn(sup)
+    sup.eval()
+    masks = _masks(plan.num_channels)
+    x = torch.randn(3, *net["input"])
+    with torch.no_grad(), sup.masked(masks):
+        folded = sup(x.repeat(len(masks), 1, 1, 1)).view(len(masks), 3, -1)
+    full = sum(p.numel() for p in space.build({"keep": {}}, net).parameters())
+    for i, m in enumerate(masks):
+        spec = space.spec_of(m, net)
+        pruned = space.build(spec, net)
+        n_params = sum(p.numel() for p in pruned.parameters())
+        if i >= 2:  # physically smaller, not masked
+            assert n_params < full
+        inherit_weights(pruned, sup, plan.keep_of(m)).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), folded[i], rtol=1e-4, atol=1e-5)
+
+
+def test_vanished_ops_are_removed() -> None:
+    space = get_supnet_space("supnet-m")
+    net = space.validate_net(MICRO_NETS["supnet-m"])
+    plan = space.plan(net)
+    m = plan.split(torch.ones(1, plan.num_channels, dtype=torch.bool))
+    m["s0.b0.p1.conv2"][:] = False  # path p1 of the first block loses every channel of its second conv
+    spec = space.spec_of(plan.join(m)[0], net)
+    assert set(spec["keep"]) == {"s0.b0.p1.conv1", "s0.b0.p1.conv2"}  # the whole path vanished
+    assert "0" * 4 == spec["keep"]["s0.b0.p1.conv1"]
+    model = space.build(spec, net)
+    assert list(model.blocks[0].paths) == ["p0"]
+
+
+@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
+def test_closed_form_costs_match_counted(name: str) -> None:
+    space = get_supnet_space(name)
+    net = space.validate_net(MICRO_NETS[name])
+    plan = space.plan(net)
+    masks = _masks(plan.num_channels, seed=3)
+    macs, params = plan.costs(masks)
+    for i, m in enumerate(masks):
+        counted = count_costs(space.build(space.spec_of(m, net), net), tuple(net["input"]))
+        assert macs[i].item() == counted["macs"]
+        assert params[i].item() == counted["params"]
+
+
+def test_spaces_registered_and_arch_roundtrip(tmp_path) -> None:
+    for name in MICRO_NETS:
+        assert name in SPACES
+    space = get_supnet_space("supnet-m")
+    net = space.validate_net(MICRO_NETS["supnet-m"])
+    spec = space.random_spec(random.Random(0), net)
+    arch = Arch("supnet-m", spec, net).with_costs()
+    from nas_common.arch import load_arch, save_arch
+
+    again = load_arch(save_arch(arch, tmp_path / "a.json"))
+    assert again == arch
+    assert again.build()(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"keep": {"s0.b0.p0.conv1": "10a1"}}, "s0.b0.p0.conv1"),
+    ({"keep": {"s0.b0.p0.conv1": "101"}}, "3 bits"),
+    ({"keep": {"nope": "0"}}, "nope"),
+    ({"groups": {}}, "spec must be"),
+])
+def test_bad_specs_name_the_field(spec: dict, field: str) -> None:
+    space = get_supnet_space("supnet-m")
+    with pytest.raises(ArchFileError, match=field):
+        space.build(spec, space.validate_net(MICRO_NETS["supnet-m"]))
+
+
+def test_all_ones_groups_are_canonicalised_away() -> None:
+    space = get_supnet_space("supnet-m")
+    assert space.validate_spec({"keep": {"s0.b0.p0.conv1": "1111"}}) == {"keep": {}}
+
+
+# ---- sampling -------------------------------------------------------------------------------------------
+
+def _micro_supernet(name: str = "supnet-m"):
+    space = get_supnet_space(name)
+    net = space.validate_net(MICRO_NETS[name])
+    torch.manual_seed(0)
+    return space, net, space.supernet(net)
+
+
+def test_sampling_frequencies_match_learned_rates() -> None:
+    _, _, sup = _micro_supernet()
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(len(sup.gates), generator=g) * 0.8 + 0.05
+    for gate, p in zip(sup.gates.values(), target):
+        gate.p_logit.data.fill_(math.log(p) - math.log(1 - p))
+    masks = sample_masks(channel_rates(sup), 4000, g)
+    drop = 1.0 - masks.float()
+    freq = torch.stack([d.mean() for d in torch.split(drop, sup.plan.sizes, dim=1)])
+    # each group: >= 16,000 Bernoulli draws, std <= 0.004
+    torch.testing.assert_close(freq, target, atol=0.02, rtol=0)
+
+
+def test_masks_over_budget_are_rejected_before_scoring() -> None:
+    _, _, sup = _micro_supernet()
+    plan = sup.plan
+    rates = channel_rates(sup).detach()
+    all_macs, _ = plan.costs(sample_masks(rates, 256, torch.Generator().manual_seed(1)))
+    budget = Budget(macs=float(all_macs.median()))
+    draw = draw_masks(plan, rates, 50, torch.Generator().manual_seed(2), budget)
+    assert draw.masks.shape[0] == 50 and draw.drawn > 50
+    macs, _ = plan.costs(draw.masks)
+    assert bool((macs <= budget.macs).all())
+    assert bool(within_budget(plan, draw.masks, budget).all())
+
+
+def test_scoring_folds_masks_without_changing_scores() -> None:
+    _, net, sup = _micro_supernet()
+    _randomise_bn(sup)
+    g = torch.Generator().manual_seed(0)
+    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), 5, g)
+    x = torch.randn(12, 3, 16, 16, generator=g)
+    y = torch.randint(0, 10, (12,), generator=g)
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    acc_folded, loss_folded = score_masks(sup, masks, batches, fold=6 * 5)
+    acc_one, loss_one = score_masks(sup, masks, batches, fold=1)
+    torch.testing.assert_close(acc_folded, acc_one)
+    torch.testing.assert_close(loss_folded, loss_one, rtol=1e-4, atol=1e-5)
+    # and each score is the pruned network's own accuracy
+    space = get_supnet_space("supnet-m")
+    for i in range(len(masks)):
+        pruned = inherit_weights(space.build(space.spec_of(masks[i], net), net), sup, sup.plan.keep_of(masks[i]))
+        with torch.no_grad():
+            acc = (pruned.eval()(x).argmax(1) == y).float().mean()
+        assert float(acc) == pytest.approx(float(acc_one[i]))
+
+
+def test_best_index_prefers_accuracy_then_loss() -> None:
+    acc = torch.tensor([0.5, 0.7, 0.7, 0.1])
+    loss = torch.tensor([0.1, 0.9, 0.8, 0.0])
+    assert best_index(acc, loss) == 2
+
+
+# ---- config ---------------------------------------------------------------------------------------------
+
+def test_paper_preset_has_the_papers_values() -> None:
+    cfg = resolve_config(PosteriorConfig, "paper")
+    assert (cfg.temperature, cfg.p_init, cfg.num_samples, cfg.batch_size, cfg.cutout) == (0.2, 0.1, 1500, 128, 16)
+    assert (cfg.lr, cfg.resolved_N(), cfg.resolved_l2()) == (0.01, 5e5, 150.0)
+    assert cfg.replace(space="supnet-m").resolved_l2() == 50.0
+    assert cfg.replace(space="supnet-r").resolved_l2() == 80.0
+    tiny = resolve_config(PosteriorConfig, "tiny")
+    assert tiny.space == "supnet-m" and tiny.blocks == (1, 1, 1)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="p_init"):
+        resolve_config(PosteriorConfig, "paper", overrides=["p_init=1.5"])
+    with pytest.raises(ConfigError, match="regulariser"):
+        resolve_config(PosteriorConfig, "paper", overrides=["regulariser=full"])
