@@ -23,7 +23,7 @@ from ..arch import Arch, get_arch, load_arch
 from ..config import config_to_dict, resolve_config
 from ..data import Dataset, get_dataset
 from ..device import resolve_device
-from ..errors import ArchFileError, DataError, RunError
+from ..errors import ArchFileError, ConfigError, DataError, RunError
 from ..registry import ARCHS
 from ..runs import Run, load_model, seed_everything
 from .config import TrainConfig
@@ -98,6 +98,13 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
     teacher_model, teacher_name = _teacher(teacher, ds)
     dev = resolve_device(device)
     dist.init_from_env(dev)
+    ws = dist.world_size()
+    if cfg.batch_size % ws:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {ws} ranks: "
+                          f"use a multiple of {ws}")
+    if len(ds.train) < cfg.batch_size:
+        raise DataError(f"dataset {ds.name!r} has {len(ds.train)} training images, fewer than one batch of "
+                        f"{cfg.batch_size}: lower --batch-size")
     out = Path(out)
     if resume and not overwrite and (out / "arch.json").is_file():
         try:
