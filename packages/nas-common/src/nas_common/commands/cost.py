@@ -32,11 +32,12 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action="store_true", help="also measure weight + peak activation bytes (batch 1)")
     p.add_argument("--device", default="cpu", help="device for --latency/--memory: cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--repeats", type=int, default=20, help="timed passes for --latency (median; default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed passes before timing --latency (default 5)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: Any = "cpu",
-               repeats: int = 20) -> dict[str, Any]:
+               repeats: int = 20, warmup: int = 5) -> dict[str, Any]:
     """{"macs", "params"} (+ "memory" bytes, "latency" seconds) of `arch` on its net["input"]."""
     from ..costs import count_macs, count_params, measure_latency, memory_breakdown
 
@@ -52,13 +53,18 @@ def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: 
             out["memory"] = mem["total"]
             out["memory_detail"] = mem
         if latency:
-            out["latency"] = measure_latency(model, shape, 1, dev, repeats=repeats)
+            out["latency"] = measure_latency(model, shape, 1, dev, warmup=warmup, repeats=repeats)
             out["latency_device"] = str(dev)
     return out
 
 
 def _fmt(v: float | None, unit: float, suffix: str, digits: int = 2) -> str:
     return "-" if v is None else f"{v / unit:.{digits}f}{suffix}"
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.repeats < 1 or args.warmup < 0:
+        raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
 
 
 def _run_all(args: argparse.Namespace) -> int:
@@ -69,7 +75,8 @@ def _run_all(args: argparse.Namespace) -> int:
         arch = get_arch(name)
         if args.input:
             arch = arch.replace(net={**arch.net, "input": parse_input(args.input)})
-        c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats)
+        c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats,
+                       warmup=args.warmup)
         rows.append({"arch": name, "space": arch.space, "input": arch.net["input"], **c,
                      "published": {k: v for k, v in PUBLISHED.get(name, {}).items() if k in ("macs", "params")}})
     if args.json:
@@ -95,18 +102,18 @@ def _run_all(args: argparse.Namespace) -> int:
 
 @command("cost", "MACs (FLOPs), params, memory and latency of an architecture", arguments)
 def run(args: argparse.Namespace) -> int:
+    _check(args)
     if args.all:
         if args.arch:
             raise ConfigError("give either an architecture or --all, not both")
         return _run_all(args)
     if not args.arch:
         raise ConfigError(f"name an architecture (one of {', '.join(list_archs())}) or an arch.json, or use --all")
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     arch = get_arch(args.arch)
     if args.input:
         arch = arch.replace(net={**arch.net, "input": parse_input(args.input)})
-    c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats)
+    c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats,
+                       warmup=args.warmup)
     if args.json:
         out = {k: c[k] for k in ("macs", "params", "memory", "latency") if k in c}
         print(json.dumps(out))
