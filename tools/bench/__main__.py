@@ -1,0 +1,69 @@
+"""python -m tools.bench --preset smoke|mini|cifar10 --methods all|NAME,... --seeds 0,1,2 --out DIR"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from .presets import PRESETS
+
+    ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
+    ap.add_argument("--preset", default="smoke", choices=sorted(PRESETS),
+                    help="micro (seconds, a wiring check), smoke (make demo), mini (the README table), cifar10")
+    ap.add_argument("--methods", default="all", help="all, or names from `nas list`, comma-separated")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    ap.add_argument("--out", default="runs/bench", help="results directory (resumes if it holds results)")
+    ap.add_argument("--dataset", default=None, help="override the preset's dataset (any of `nas list`, or npz:PATH)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--download", action="store_true")
+    ap.add_argument("--budget-macs", type=float, default=None, help="the same MACs budget for every method that takes one")
+    ap.add_argument("--budget-params", type=float, default=None)
+    ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    ap.add_argument("--launcher", default="local", choices=["local", "ray", "submitit"])
+    ap.add_argument("--jobs", type=int, default=1, help="jobs at a time (local launcher)")
+    ap.add_argument("--report", metavar="DIR", default=None, help="only rebuild results.md and pareto.png of DIR")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from nas_common.errors import NASError
+
+    args = parse_args(argv)
+    try:
+        if args.report:
+            from pathlib import Path
+
+            from .harness import read_rows
+            from .report import write_report
+
+            if not (Path(args.report) / "results.jsonl").exists():
+                raise NASError(f"{args.report!r} holds no results.jsonl: give the --out of a harness run")
+            s = write_report(Path(args.report), read_rows(Path(args.report)))
+            print(s["table"])
+            print(f"\nwritten: {s['results_md']}, {s['pareto_png']}")
+            return 0
+        from .harness import Harness
+
+        try:
+            seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
+        except ValueError:
+            raise NASError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+        h = Harness(args.preset, args.out, methods=args.methods, seeds=seeds, dataset=args.dataset,
+                    data_dir=args.data_dir, download=args.download, budget_macs=args.budget_macs,
+                    budget_params=args.budget_params, device=args.device, launcher=args.launcher, jobs=args.jobs)
+        s = h.run()
+        print()
+        print(s["table"])
+        print(f"\nwritten: {s['results_md']}, {s['pareto_png']}, {args.out}/results.jsonl")
+        if s.get("overhead_frac") is not None:
+            print(f"harness overhead: {s['overhead_s']:.1f}s of {s['wall_s']:.1f}s ({100 * s['overhead_frac']:.1f}%)")
+        return 0
+    except NASError as e:
+        print(f"tools.bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
