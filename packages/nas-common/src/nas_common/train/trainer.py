@@ -128,7 +128,8 @@ def evaluate(model: nn.Module, split: Split, *, device: torch.device | str | Non
                          distributed=False)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, count
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
+    count = 0
     try:
         for x, y in loader:
             with _autocast(device, dtype):
@@ -137,11 +138,12 @@ def evaluate(model: nn.Module, split: Split, *, device: torch.device | str | Non
             k = min(5, logits.shape[1])
             hit = logits.topk(k, dim=1).indices == y[:, None]
             sums += torch.stack([F.cross_entropy(logits, y, reduction="sum").double(),
-                                 hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
-                                 torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device)])
+                                 hit[:, 0].sum().double(), hit.any(dim=1).sum().double()])
+            count += y.shape[0]
     finally:
         model.train(was_training)
-    loss, top1, top5, n = ddp.all_reduce_sum(sums).tolist()
+    total = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
+    loss, top1, top5, n = ddp.all_reduce_sum(total).tolist()  # the one host sync
     if n == 0:
         raise DataError("cannot evaluate on an empty split")
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
