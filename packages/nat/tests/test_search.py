@@ -143,3 +143,14 @@ def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: P
     assert arch.provenance["input_arch"] == "vgg-block" and arch.provenance["policy"] == str(run_dir)
     assert arch.costs["macs"] <= arch.costs["input_macs"]
     capsys.readouterr()
+
+
+def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> None:
+    """ENAS: 5 nodes per cell and a partial ("loose-end") reduce concat; the supernet follows the input."""
+    micro = {**MICRO, "epochs": 1, "input_arch": "enas"}
+    _, arch = run_search("nat", _task(), out=tmp_path / "enas", preset="tiny", overrides=micro, progress=False)
+    src = CellPair.from_spec(genotype_to_spec(GENOTYPES["enas"]))
+    dst = CellPair.from_spec(arch.spec)
+    assert dst.reduce.concat == (2, 3, 6) and dst.normal.num_nodes == 5
+    assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
+    assert arch.costs["params"] <= arch.costs["input_params"]

@@ -237,9 +237,9 @@ class NATSearch:
                 if canonical_op(op) != NULL_OP and op not in primitives:
                     primitives.append(op)
         steps = pair.normal.num_nodes
-        c_in, h, w = task.input_shape
+        c_in = task.input_shape[0]
         supernet = DartsSupernet(config.C, task.num_classes, config.layers, primitives, steps=steps,
-                                 multiplier=steps, input_channels=c_in, input_size=min(h, w)).to(device)
+                                 multiplier=steps, input_channels=c_in).to(device)
         policy = NATPolicy([NULL_OP, *primitives], config.policy_embed, config.policy_features,
                            config.policy_hidden, config.policy_dropout).to(device)
         meta = {"C": config.C, "layers": config.layers, "primitives": primitives, "steps": steps,
@@ -276,10 +276,9 @@ class NATSearch:
             raise ConfigError(f"the policy in {p} was trained for {meta['num_classes']} classes of "
                               f"{meta['input_shape']} inputs; this dataset has {task.num_classes} classes of "
                               f"{list(task.input_shape)}: train a policy on it (leave `policy` empty)")
-        c_in, h, w = meta["input_shape"]
+        c_in = meta["input_shape"][0]
         supernet = DartsSupernet(meta["C"], meta["num_classes"], meta["layers"], meta["primitives"],
-                                 steps=meta["steps"], multiplier=meta["steps"], input_channels=c_in,
-                                 input_size=min(h, w))
+                                 steps=meta["steps"], multiplier=meta["steps"], input_channels=c_in)
         policy = NATPolicy([NULL_OP, *meta["primitives"]], meta["policy_embed"], meta["policy_features"],
                            meta["policy_hidden"], meta["policy_dropout"])
         supernet.load_state_dict(payload["supernet"])
