@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PKGS   := packages/nas-common packages/nat packages/bsn packages/tas packages/ista-nas packages/posterior-nas
-DEV    := pytest matplotlib scipy onnx poetry
+DEV    := pytest matplotlib scipy onnx poetry ray submitit
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 
