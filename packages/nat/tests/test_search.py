@@ -154,3 +154,27 @@ def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> No
     assert dst.reduce.concat == (2, 3, 6) and dst.normal.num_nodes == 5
     assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
     assert arch.costs["params"] <= arch.costs["input_params"]
+
+
+@pytest.mark.parametrize("bn", ["running", "batch"])
+def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
+    from nas_common.spaces.darts import DartsSupernet
+
+    from nat_nas.search import FULLY_CONCAT_OPS, scoring_mode
+
+    torch.manual_seed(0)
+    net = DartsSupernet(4, 10, 3, FULLY_CONCAT_OPS).train()
+    choice = [[(0, 3, None), (1, 4, None)], [(0, 5, None), (2, 7, None)], [(1, 0, None)], [(4, 6, None)]]
+    x = torch.randn(8, 3, 32, 32)
+    net.forward_sparse(x, choice, choice)  # some running statistics
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with scoring_mode(net, bn):
+        out = net.forward_sparse(x, choice, choice)
+        assert not out.requires_grad and net.training == (bn == "batch")
+    assert net.training
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with torch.no_grad():
+        ref = net.eval().forward_sparse(x, choice, choice) if bn == "running" else \
+            net.train().forward_sparse(x, choice, choice)
+    torch.testing.assert_close(out, ref)

@@ -18,10 +18,12 @@ Per epoch (paper, Algorithm 1; official code `train_search.py`):
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +84,9 @@ class NATConfig(Config):
     entropy_normal: float = 0.003
     entropy_reduce: float = 0.003
     baseline_decay: float = 0.99
+    # scoring (rewards and candidates): BN with its running statistics ("running", eval mode), or with the
+    # batch's statistics without updating the running ones ("batch", like the official train-mode scoring)
+    score_bn: Literal["running", "batch"] = "running"
     # inference
     num_samples: int = 10  # transformations sampled; the best by held-out accuracy is kept
     eval_batch_size: int = 256
@@ -171,6 +176,31 @@ class EdgeCosts:
                     vals += [float(c["macs"]), float(c["params"])]
             self._cache[key] = tuple(vals)
         return self._cache[key]
+
+
+@contextlib.contextmanager
+def scoring_mode(model: torch.nn.Module, bn: str = "running") -> Iterator[None]:
+    """Score architectures under shared weights, no grad: BN with running statistics (eval mode) or with
+    batch statistics while leaving the running ones untouched (train mode with BN momentum 0)."""
+    was_training = model.training
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in bns]
+    try:
+        if bn == "batch":
+            model.train()
+            for m in bns:
+                m.momentum = 0.0
+        else:
+            model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
 
 
 def reinforce_step(log_prob: torch.Tensor, entropy: torch.Tensor, reward: torch.Tensor, baseline: torch.Tensor,
@@ -375,14 +405,13 @@ class NATSearch:
                 n_w += 1
             sched.step()
             # -- theta: REINFORCE on the 60% split, reward acc(alpha) - acc(beta) on the same batch
-            supernet.eval()
             policy.train()
             sums = torch.zeros(4, device=device)  # reward, acc(beta), acc(alpha), entropy
             n_p = 0
             for x, y in self._progress(run, p_loader, f"nat policy {epoch + 1}/{config.epochs}"):
                 beta = self._sample_inputs(parts)
                 alpha, out = self._transform_pair(parts, beta, costs, grad=True)
-                with torch.no_grad():
+                with scoring_mode(supernet, config.score_bn):
                     acc_b = (self._forward(parts, x, beta).argmax(-1) == y).float().mean()
                     acc_a = (self._forward(parts, x, alpha).argmax(-1) == y).float().mean()
                 reward = acc_a - acc_b
@@ -414,18 +443,18 @@ class NATSearch:
     @torch.no_grad()
     def _accuracies(self, parts: _Parts, pairs: list[CellPair], split: Any, config: NATConfig, task: Task,
                     run: Run | None) -> list[float]:
-        """Held-out top-1 accuracy of each cell pair with the shared weights (eval mode, no grad)."""
-        parts.supernet.eval()
+        """Held-out top-1 accuracy of each cell pair with the shared weights (no grad; BN per `score_bn`)."""
         loader = make_loader(split, config.eval_batch_size, train=False, device=task.device)
         unique = list(dict.fromkeys(pairs))
         correct = torch.zeros(len(unique), device=task.device)
         seen = 0
-        for b, (x, y) in enumerate(self._progress(run, loader, "nat: scoring transforms")):
-            if config.max_eval_batches and b >= config.max_eval_batches:
-                break
-            for k, pair in enumerate(unique):
-                correct[k] += (self._forward(parts, x, pair).argmax(-1) == y).sum()
-            seen += y.shape[0]
+        with scoring_mode(parts.supernet, config.score_bn):
+            for b, (x, y) in enumerate(self._progress(run, loader, "nat: scoring transforms")):
+                if config.max_eval_batches and b >= config.max_eval_batches:
+                    break
+                for k, pair in enumerate(unique):
+                    correct[k] += (self._forward(parts, x, pair).argmax(-1) == y).sum()
+                seen += y.shape[0]
         acc = (correct / max(1, seen)).tolist()
         by_pair = dict(zip(unique, acc))
         return [by_pair[p] for p in pairs]
