@@ -227,3 +227,31 @@ def test_costs_registry():
     assert get_cost("memory")(model, (3, 32, 32)) > 0
     with pytest.raises(KeyError, match="did you mean 'macs'"):
         get_cost("mac")
+
+
+# ---- the fast counter agrees with FlopCounterMode ------------------------------------------------------------
+class _Functional(nn.Module):
+    """Convs and matmuls outside nn.Conv2d/nn.Linear (masked weights, einsum): must be counted too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 3, 3, 3))
+        self.m = nn.Parameter(torch.randn(8, 5))
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.bn(torch.nn.functional.conv2d(x, self.w * (self.w > 0), stride=2))
+        z = torch.einsum("bchw,cd->bd", y, self.m)
+        return torch.nn.functional.conv_transpose2d(y, self.w).mean() + z @ self.m.t()
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: get_arch("darts-v2").build(), (3, 32, 32)),
+                                        (lambda: get_arch("resnet20").build(), (3, 32, 32)),
+                                        (lambda: get_arch("resnet50").build(), (3, 64, 64)),
+                                        (_Functional, (3, 17, 17))])
+def test_count_macs_equals_flop_counter_mode(make, shape):
+    from nas_common.costs.macs import count_flops_reference
+
+    model = make()
+    macs = count_macs(model, shape)
+    assert macs > 0 and 2 * macs == count_flops_reference(model, shape)
