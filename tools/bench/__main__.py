@@ -23,6 +23,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     ap.add_argument("--launcher", default="local", choices=["local", "ray", "submitit"])
     ap.add_argument("--jobs", type=int, default=1, help="jobs at a time (local launcher)")
+    ap.add_argument("--nproc-retrain", type=int, default=1,
+                    help="retrain each architecture data-parallel with torchrun on N processes (GPUs)")
     ap.add_argument("--report", metavar="DIR", default=None, help="only rebuild results.md and pareto.png of DIR")
     return ap.parse_args(argv)
 
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise NASError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
         h = Harness(args.preset, args.out, methods=args.methods, seeds=seeds, dataset=args.dataset,
                     data_dir=args.data_dir, download=args.download, budget_macs=args.budget_macs,
-                    budget_params=args.budget_params, device=args.device, launcher=args.launcher, jobs=args.jobs)
+                    budget_params=args.budget_params, device=args.device, launcher=args.launcher, jobs=args.jobs,
+                    nproc_retrain=args.nproc_retrain)
         s = h.run()
         print()
         print(s["table"])

@@ -58,7 +58,8 @@ class Harness:
     def __init__(self, preset: str | BenchPreset, out: str | Path, methods: str = "all",
                  seeds: tuple[int, ...] = (0,), dataset: str | None = None, data_dir: str | None = None,
                  download: bool = False, budget_macs: float | None = None, budget_params: float | None = None,
-                 device: str | None = None, launcher: str = "local", jobs: int = 1, quiet: bool = False) -> None:
+                 device: str | None = None, launcher: str = "local", jobs: int = 1, quiet: bool = False,
+                 nproc_retrain: int = 1) -> None:
         from nas_common.errors import ConfigError
 
         if isinstance(preset, str):
@@ -75,6 +76,7 @@ class Harness:
         self.budget_params = budget_params
         self.device = device
         self.launcher_name, self.jobs = launcher, max(1, jobs)
+        self.nproc_retrain = max(1, nproc_retrain)
         self.quiet = quiet
         self.rows = read_rows(self.out)
         self.done = {r["key"] for r in self.rows}
@@ -93,7 +95,7 @@ class Harness:
     def _train(self, key: str, seed: int, arch: dict[str, Any], **extra: Any) -> dict[str, Any]:
         return {**self._base("train", key, seed), "arch": arch, "net": self.preset.net,
                 "recipe_preset": self.preset.retrain_preset, "recipe_overrides": self.preset.retrain_overrides,
-                **extra}
+                "nproc": self.nproc_retrain, **extra}
 
     def search_jobs(self) -> list[dict[str, Any]]:
         jobs = []

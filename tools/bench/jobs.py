@@ -65,6 +65,45 @@ def sized_for_recipe(arch_dict: dict[str, Any], net: dict[str, dict[str, Any]]) 
     return arch.with_costs()
 
 
+def _torchrun_train(job: dict[str, Any], arch: Any) -> dict[str, Any]:
+    """The same retrain as a data-parallel `torchrun --nproc-per-node N ... nas train` job."""
+    import subprocess
+
+    import numpy as np
+
+    from nas_common.arch import save_arch
+
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    arch_file = save_arch(arch, out.parent / f"{out.name}.arch.json")
+    dataset = job["dataset"]
+    if job.get("n_train") or job.get("n_test"):  # the harness's subset, as a file every rank can read
+        ds = _dataset(job)
+        tr, te = ds.train, ds.test
+        npz = out.parent / f"{out.name}.data.npz"
+        np.savez(npz, x_train=tr.x.permute(0, 2, 3, 1).numpy(), y_train=tr.y.numpy(),
+                 x_test=te.x.permute(0, 2, 3, 1).numpy(), y_test=te.y.numpy())
+        dataset = f"npz:{npz}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(job["nproc"]), "-m",
+           "nas_common.cli", "train", str(arch_file), "--dataset", dataset, "--out", str(out), "--preset",
+           job["recipe_preset"], "--seed", str(job["seed"]), "--resume", "--adapt", "--no-progress"]
+    for k, v in job.get("recipe_overrides", {}).items():
+        cmd += ["-o", f"{k}={v}"]
+    if job.get("data_dir"):
+        cmd += ["--data-dir", job["data_dir"]]
+    if job.get("device"):
+        cmd += ["--device", job["device"]]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    res = json.loads((out / "result.json").read_text())
+    return {"space": arch.space, "macs": arch.costs["macs"], "params": arch.costs["params"],
+            "retrain_time_s": time.time() - t0, "test_acc": _top1(res.get("metrics", {})),
+            "metrics": res.get("metrics", {}), "arch_digest": arch.digest, "nproc": job["nproc"],
+            "device": res.get("provenance", {}).get("device")}
+
+
 def train_job(job: dict[str, Any]) -> dict[str, Any]:
     """Retrain one architecture from scratch with the shared recipe and evaluate it on the test split."""
     import torch
@@ -73,6 +112,8 @@ def train_job(job: dict[str, Any]) -> dict[str, Any]:
 
     _set_threads(job)
     arch = sized_for_recipe(job["arch"], job.get("net", {}))
+    if int(job.get("nproc") or 1) > 1:
+        return _torchrun_train(job, arch)
     t0 = time.time()
     res = train_arch(arch, _dataset(job), out=job["out"], preset=job["recipe_preset"],
                      overrides=job.get("recipe_overrides", {}), seed=job["seed"], device=job.get("device"),
