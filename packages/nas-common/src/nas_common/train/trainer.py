@@ -362,7 +362,7 @@ class Trainer:
         else:
             keep = "no checkpoint was written (it diverged in the first epoch)"
         raise TrainingDiverged(f"{what}; {keep}; lower the learning rate (--lr {self.config.lr / 10:g}) or "
-                               f"enable gradient clipping (-o grad_clip=5)")
+                               f"enable gradient clipping (-o grad_clip=5), and start again with --overwrite")
 
     # -- evaluation and results ---------------------------------------------------------------------
     def evaluate(self, split: Split) -> dict[str, float]:
