@@ -236,3 +236,39 @@ def test_ddp_helpers_are_identities_in_one_process() -> None:
     with torch.no_grad():
         m.weight[0, 0] += 1e-6
     assert ddp.weight_digest(m) != d and not math.isnan(len(d))
+
+
+def test_grad_clipping_bounds_the_update(mini) -> None:
+    seed_everything(0)
+    a = tiny_resnet().build()
+    w0 = [p.detach().clone() for p in a.parameters()]
+    # one step, no momentum/decay: the update is lr * clipped gradient, so its norm is at most lr * clip
+    c = cfg(epochs=1, batch_size=64, grad_clip=1e-3, momentum=0.0, nesterov=False, weight_decay=0.0, lr=0.1,
+            eval_every=0)
+    Trainer(a, c, device="cpu").fit(mini.train)
+    step = torch.cat([(p.detach() - q).flatten() for p, q in zip(a.parameters(), w0)]).norm()
+    assert 0 < step <= 0.1 * 1e-3 * 1.001
+
+
+def test_label_smoothing_changes_the_loss(mini) -> None:
+    losses = []
+    for ls in (0.0, 0.3):
+        seed_everything(0)
+        tr = Trainer(tiny_resnet().build(), cfg(epochs=1, label_smoothing=ls, eval_every=0), device="cpu")
+        tr.fit(mini.train)
+        losses.append(tr.history[0]["train_loss"])
+    assert losses[0] != losses[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16", "off"])
+def test_cuda_amp_and_channels_last(mini, amp) -> None:
+    seed_everything(0)
+    model = tiny_resnet().build()
+    tr = Trainer(model, cfg(epochs=1, amp=amp, channels_last=True), device="cuda")
+    assert tr.channels_last and (tr.scaler.is_enabled() == (amp == "fp16"))
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    m = tr.fit(mini.train, mini.test)
+    assert math.isfinite(m["train_loss"]) and 0 <= m["test_top1"] <= 100
+    assert next(model.parameters()).device.type == "cuda"
