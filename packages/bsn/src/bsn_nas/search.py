@@ -1,0 +1,328 @@
+"""BSN search: joint training of a super network's weights and its gate distribution under a budget.
+
+Per batch: gates H ~ Bernoulli(sigmoid(logits)) independently per example; the active modules (on and
+connected input->output) run; per example the reward is r = -(CE + sum_c lambda_c * max(0, C_c(H) - budget_c));
+the loss mean(CE) - sum_b sum_g log P(H_bg) * (r_b - mean(r)) gives the weights their backprop gradient
+and the gate logits the REINFORCE one (batch-mean baseline; summed over batch and gates, as the
+official code). One SGD step each (weights: 0.1 -> 0.01 @150 -> 0.001 @225, momentum 0.9, wd 1e-4;
+gates: lr 1e-3). Derive: gates with sigmoid(logit) > 0.5, modules off any input->output path removed.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from nas_common.arch import Arch
+from nas_common.config import Config, config_to_dict
+from nas_common.data import make_loader
+from nas_common.errors import BudgetError, ConfigError
+from nas_common.methods import SearchResult, Task
+from nas_common.runs import Run
+
+from .costs import COST_NAMES, cost_table, full_cost, hinge_penalty, min_connected_cost, pattern_costs
+from .graph import BSNNetwork, SuperGraph, resnet_depth_ok
+from .spaces import graph_of
+
+SUPERNETS = {"resnet": "bsn-resnet", "cnf": "bsn-cnf"}
+
+
+@dataclass(frozen=True)
+class BSNConfig(Config):
+    """BSN's hyperparameters; the defaults are the paper's / official code's (`paper` preset)."""
+
+    supernet: Literal["resnet", "cnf"] = "resnet"  # B-ResNet or B-CNF
+    depth: int = 20                     # B-ResNet: CIFAR ResNet depth 6n+2 (official default: 3 blocks/stage)
+    widths: tuple[int, ...] = (16, 32, 64)  # B-ResNet stage widths
+    cnf_layers: int = 8                 # B-CNF layers (README example of the official code)
+    cnf_channels: int = 128             # B-CNF channels of every module
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 0.1
+    lr_milestones: tuple[int, ...] = (150, 225)
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    gate_lr: float = 1e-3
+    gate_momentum: float = 0.0
+    gate_init: float = 3.0              # logit: p = sigmoid(3) = 0.95
+    threshold: float = 0.5              # derive: keep a module when its gate probability exceeds this
+    lambda_macs: float = 1e-7           # per raw MAC (the official "FLOP" of a conv is Cin*Cout*H*W*k^2)
+    lambda_params: float = 1e-5         # per parameter (not in the paper's text: our choice, ~ same pull as MACs)
+    lambda_distributed: float = 0.1     # per schedule step (our choice)
+    distributed_k: int = 2              # workers of the distributed cost (official default: parallel_2)
+    budget_distributed: float | None = None  # max steps of the schedule on distributed_k workers
+    unbudgeted_cost: Literal["macs", "params", "none"] = "macs"  # with no budget: lambda*C (official: budget 0)
+    val_size: int = 5000                # the last val_size training images: validation (not trained on)
+    augment: bool = True                # pad-4 crop + flip
+    execution: Literal["auto", "dense", "skip", "gather"] = "auto"  # how gated modules run (see BSNNetwork)
+    gather_below: float = 0.9           # auto: gather when at most this fraction of the batch needs a module
+    eval_batch_size: int = 256
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {},
+        # cifar10-mini on a CPU in minutes: 4,160 train / 500 validation images, 12 epochs; the gates
+        # move ~100x faster so they settle within the few hundred steps there are.
+        "tiny": {"epochs": 12, "lr": 0.05, "lr_milestones": (8, 11), "gate_lr": 0.1, "val_size": 500,
+                 "lambda_macs": 1e-7, "lambda_params": 1e-5},
+    }
+
+
+def budgets_of(task: Task, config: BSNConfig) -> dict[str, tuple[float, float]]:
+    """cost name -> (budget, lambda) of every cost the objective penalises."""
+    lam = {"macs": config.lambda_macs, "params": config.lambda_params, "distributed": config.lambda_distributed}
+    out: dict[str, tuple[float, float]] = {}
+    if task.budget.macs is not None:
+        out["macs"] = (float(task.budget.macs), lam["macs"])
+    if task.budget.params is not None:
+        out["params"] = (float(task.budget.params), lam["params"])
+    if config.budget_distributed is not None:
+        out["distributed"] = (float(config.budget_distributed), lam["distributed"])
+    if not out and config.unbudgeted_cost != "none":
+        out[config.unbudgeted_cost] = (0.0, lam[config.unbudgeted_cost])  # the official default: -oc 0
+    return out
+
+
+def supernet_graph(task: Task, config: BSNConfig) -> SuperGraph:
+    c, h, w = task.input_shape
+    if config.supernet == "resnet":
+        if not resnet_depth_ok(config.depth):
+            raise ConfigError(f"depth={config.depth} is not a CIFAR ResNet depth: use 6n+2 (8, 14, 20, 32, 56, 110)")
+        net = {"depth": config.depth, "widths": list(config.widths), "num_classes": task.num_classes,
+               "input": [c, h, w]}
+    else:
+        if config.cnf_layers < 2:
+            raise ConfigError(f"cnf_layers={config.cnf_layers}: a fabric needs at least 2 layers")
+        net = {"layers": config.cnf_layers, "channels": config.cnf_channels, "num_classes": task.num_classes,
+               "input": [c, h, w]}
+    return graph_of(SUPERNETS[config.supernet], net)
+
+
+def check_budgets(graph: SuperGraph, budgets: dict[str, tuple[float, float]], k: int) -> dict[str, float]:
+    """Refuse a budget below the cheapest connected network; return each cost's floor."""
+    floors = {}
+    for name, (budget, _) in budgets.items():
+        floor = min_connected_cost(graph, name)
+        floors[name] = floor
+        if budget > 0 and budget < floor:
+            opt = {"macs": "--budget-macs", "params": "--budget-params", "distributed": "-o budget_distributed="}[name]
+            raise BudgetError(
+                f"{name} budget {budget:.4g} is below the cheapest connected network of this {graph.space} super "
+                f"network ({floor:.4g}{' steps' if name == 'distributed' else ''}, full network "
+                f"{full_cost(graph, name, k):.4g}): raise {opt} to at least {floor:.4g} or choose a smaller super network")
+    return floors
+
+
+def lr_at(config: BSNConfig, epoch: int) -> float:
+    """Step schedule: lr * gamma^(milestones passed), epochs counted from 0 (0.1 -> 0.01 @150 -> 0.001 @225)."""
+    return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
+
+
+def reinforce_loss(logits: torch.Tensor, gates: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """-sum_b log P(H_b) * (r_b - mean r): its gradient w.r.t. the logits is the REINFORCE estimate.
+
+    logits: (G,), gates: (B, G) float {0,1}, reward: (B,) (detached). log P(H_b) sums over gates;
+    the batch-mean reward is the baseline; like the official code the estimate is summed over the batch.
+    """
+    logp = -F.binary_cross_entropy_with_logits(logits.expand_as(gates), gates, reduction="none").sum(1)
+    adv = (reward - reward.mean()).detach()
+    return -(logp * adv).sum()
+
+
+class BSNSearch:
+    """Budgeted Super Networks (Veniat & Denoyer, CVPR 2018) as a nas_common search method."""
+
+    name: ClassVar[str] = "bsn"
+    config_cls: ClassVar[type] = BSNConfig
+
+    # ---- search --------------------------------------------------------------------------------
+    def search(self, task: Task, config: BSNConfig, run: Run) -> SearchResult:
+        device = task.device
+        graph = supernet_graph(task, config)
+        table = cost_table(graph)
+        budgets = budgets_of(task, config)
+        floors = check_budgets(graph, budgets, config.distributed_k)
+        n_train = len(task.dataset.train)
+        if not 0 <= config.val_size < n_train:
+            raise ConfigError(f"val_size={config.val_size} must be below the {n_train} training images "
+                              f"(e.g. -o val_size={n_train // 10}, or 0 for no validation)")
+        idx = torch.arange(n_train)
+        train_split = task.dataset.train.subset(idx[: n_train - config.val_size])
+        val_split = task.dataset.train.subset(idx[n_train - config.val_size:]) if config.val_size else None
+        if len(train_split) < config.batch_size:
+            raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_split)} training images")
+        loader = make_loader(train_split, config.batch_size, train=True, device=device, augment=config.augment,
+                             seed=task.seed)
+
+        model = BSNNetwork(graph, mode=config.execution, gather_below=config.gather_below).to(device)
+        logits = torch.nn.Parameter(torch.full((graph.num_gates,), float(config.gate_init), device=device))
+        opt_w = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+        opt_g = torch.optim.SGD([logits], lr=config.gate_lr, momentum=config.gate_momentum)
+        history: list[dict[str, Any]] = []
+        start = 0
+        state = run.restore(map_location=device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            with torch.no_grad():
+                logits.copy_(state["logits"])
+            opt_w.load_state_dict(state["opt_w"])
+            opt_g.load_state_dict(state["opt_g"])
+            history = state["history"]
+            start = int(state["epoch"])
+
+        names = list(budgets)
+        for epoch in range(start, config.epochs):
+            for group in opt_w.param_groups:
+                group["lr"] = lr_at(config, epoch)
+            loader.set_epoch(epoch)
+            model.train()
+            sums = torch.zeros(4 + len(names), dtype=torch.float64, device=device)  # ce, acc, pen, n, costs
+            for x, y in run.progress(loader, desc=f"bsn epoch {epoch + 1}/{config.epochs}", total=len(loader)):
+                b = x.shape[0]
+                p = torch.sigmoid(logits.detach())
+                gates = torch.bernoulli(p.expand(b, -1))
+                active = graph.active(gates.bool().cpu())
+                penalty = torch.zeros(b, dtype=torch.float64)
+                costs = {}
+                for name in names:
+                    budget, lam = budgets[name]
+                    costs[name] = table.cost(name, active, config.distributed_k)
+                    penalty = penalty + hinge_penalty(costs[name], budget, lam)
+                penalty = penalty.to(device=device, dtype=torch.float32, non_blocking=True)
+                out = model(x, active=active)
+                ce = F.cross_entropy(out, y, reduction="none")
+                reward = -(ce.detach() + penalty)
+                loss = ce.mean() + reinforce_loss(logits, gates, reward)
+                opt_w.zero_grad(set_to_none=True)
+                opt_g.zero_grad(set_to_none=True)
+                loss.backward()
+                opt_w.step()
+                opt_g.step()
+                with torch.no_grad():
+                    cost_sums = [costs[nm].sum().to(device) for nm in names]
+                    sums += torch.stack([ce.sum().double(), (out.argmax(1) == y).sum().double(),
+                                         penalty.sum().double(), torch.tensor(float(b), device=device,
+                                                                               dtype=torch.float64),
+                                         *[c.double() for c in cost_sums]])
+            s = sums.tolist()
+            rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, epoch), "train_loss": s[0] / s[3],
+                                   "train_acc": s[1] / s[3], "penalty": s[2] / s[3]}
+            rec.update({f"sampled_{nm}": s[4 + j] / s[3] for j, nm in enumerate(names)})
+            probs = torch.sigmoid(logits.detach()).cpu()
+            keep = self._keep(graph, probs, config.threshold)
+            rec.update({f"derived_{k}": v for k, v in pattern_costs(graph, keep, config.distributed_k).items()})
+            rec["gates_on"] = len(keep)
+            rec["gate_p_mean"] = float(probs.mean())
+            rec["gates_undecided"] = int(((probs > 0.05) & (probs < 0.95)).sum())
+            if val_split is not None:
+                rec["val_acc"] = self._accuracy(model, graph, keep, val_split, config, device)
+            history.append(rec)
+            run.log(epoch + 1, **rec)
+            run.checkpoint({"model": model.state_dict(), "logits": logits.detach().clone(),
+                            "opt_w": opt_w.state_dict(), "opt_g": opt_g.state_dict(), "history": history,
+                            "config": config_to_dict(config)}, epoch + 1)
+
+        probs = torch.sigmoid(logits.detach()).cpu()
+        state_out = {"logits": logits.detach().cpu().clone(), "probs": probs, "space": graph.space,
+                     "net": dict(graph.net), "gate_names": graph.gate_names, "threshold": config.threshold,
+                     "budgets": {k: v[0] for k, v in budgets.items()}, "distributed_k": config.distributed_k}
+        result = SearchResult(method=self.name, state=state_out, config=config_to_dict(config))
+        arch = self.derive(result)
+        derived = arch.build().to(device)
+        wanted = derived.state_dict()
+        derived.load_state_dict({k: v for k, v in model.state_dict().items() if k in wanted}, strict=True)
+        costs_now = pattern_costs(graph, arch.spec["keep"], config.distributed_k)
+        over = [f"{nm} {costs_now[nm]:.4g} > budget {budget:.4g}" for nm, (budget, _) in budgets.items()
+                if budget > 0 and costs_now[nm] > budget]
+        metrics: dict[str, Any] = {**{f"derived_{k}": v for k, v in costs_now.items()},
+                                   "cost_floors": floors, "over_budget": over,
+                                   "modules_kept": len(arch.spec["keep"]), "modules_total": graph.num_gates}
+        if history:
+            metrics.update({k: history[-1][k] for k in ("train_acc", "train_loss", "val_acc") if k in history[-1]})
+        metrics["test_acc"] = self._accuracy(derived.to(device), None, None, task.dataset.test, config, device)
+        result.model = derived.cpu()
+        if over:
+            warnings.warn(f"BSN's derived network is over budget: {'; '.join(over)} (train longer, raise the "
+                          f"lambda_* penalty, or relax the budget)", stacklevel=2)
+        result.metrics = metrics
+        return result
+
+    @staticmethod
+    def _keep(graph: SuperGraph, probs: torch.Tensor, threshold: float) -> list[str]:
+        """The paper's rule: modules whose gate probability exceeds `threshold`, pruned to the connected ones.
+
+        When those modules do not connect input and output at all, the most probable input->output path
+        is kept instead (with a warning by `derive`): a network that ignores its input is never useful.
+        """
+        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist()) if pr > threshold]
+        if graph.connected(on):
+            return graph.prune(on)
+        return most_probable_path(graph, probs)
+
+    @torch.no_grad()
+    def _accuracy(self, model: torch.nn.Module, graph: SuperGraph | None, keep: list[str] | None, split: Any,
+                  config: BSNConfig, device: torch.device) -> float:
+        """Top-1 accuracy on `split` of the deterministic network (the super network with gates = keep)."""
+        was = model.training
+        model.eval()
+        loader = make_loader(split, config.eval_batch_size, train=False, device=device)
+        correct = torch.zeros((), device=device)
+        pattern = None
+        if graph is not None:
+            keep_set = set(keep or [])
+            pattern = torch.tensor([[nm in keep_set for nm in graph.gate_names]])
+        for x, y in loader:
+            if pattern is not None:
+                out = model(x, active=graph.active(pattern.expand(x.shape[0], -1)))
+            else:
+                out = model(x)
+            correct += (out.argmax(1) == y).sum()
+        model.train(was)
+        return float(correct) / max(1, len(split))
+
+    # ---- derive --------------------------------------------------------------------------------
+    def derive(self, result: SearchResult) -> Arch:
+        """Gates with sigmoid(logit) > threshold, modules off every input->output path removed."""
+        st = result.state
+        graph = graph_of(st["space"], st["net"])
+        probs = st["probs"] if "probs" in st else torch.sigmoid(torch.as_tensor(st["logits"]))
+        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist()) if pr > st.get("threshold", 0.5)]
+        if not graph.connected(on):
+            warnings.warn("no input->output path has all its gates above the threshold: the derived network is "
+                          "the most probable path instead (train longer or lower the penalty)", stacklevel=2)
+        keep = self._keep(graph, probs, st.get("threshold", 0.5))
+        costs = pattern_costs(graph, keep, st.get("distributed_k", 2))
+        return Arch(space=st["space"], spec={"keep": keep}, net=dict(st["net"]),
+                    costs={"macs": costs["macs"], "params": costs["params"]}, method=self.name,
+                    provenance={"distributed_k": st.get("distributed_k", 2), "distributed": costs["distributed"]})
+
+
+def most_probable_path(graph: SuperGraph, probs: torch.Tensor) -> list[str]:
+    """The input->output path maximising the product of its gates' probabilities (DAG dynamic programme)."""
+    logp = torch.log(probs.clamp_min(1e-12)).tolist()
+    gate_of = {node: g for g, node in enumerate(graph.modules)}
+    best: list[float] = [-math.inf] * len(graph.nodes)
+    back: list[int] = [-1] * len(graph.nodes)
+    for i, node in enumerate(graph.nodes):
+        if node.kind == "input":
+            best[i] = 0.0
+        elif node.kind == "module":
+            best[i] = best[node.inputs[0]] + logp[gate_of[i]]
+            back[i] = node.inputs[0]
+        else:
+            j = max(node.inputs, key=lambda t: best[t])
+            best[i], back[i] = best[j], j
+    path, i = [], len(graph.nodes) - 1
+    while i >= 0:
+        if graph.nodes[i].kind == "module":
+            path.append(graph.nodes[i].name)
+        i = back[i]
+    return graph.prune(path)
+
+
+__all__ = ["BSNConfig", "BSNSearch", "COST_NAMES", "budgets_of", "check_budgets", "lr_at", "most_probable_path",
+           "reinforce_loss", "supernet_graph"]

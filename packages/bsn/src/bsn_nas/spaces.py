@@ -1,0 +1,125 @@
+"""The spaces of BSN's derived networks: "bsn-resnet" and "bsn-cnf" (registered on import).
+
+An arch.json of these spaces names the super network's shape in `net` and the kept modules in `spec`::
+
+    {"space": "bsn-resnet", "net": {"depth": 20, "widths": [16, 32, 64], "num_classes": 10, "input": [3, 32, 32]},
+     "spec": {"keep": ["s0b0_block", "s0b0_skip", "s0b1_skip", ...]}}
+    {"space": "bsn-cnf", "net": {"layers": 8, "channels": 128, ...}, "spec": {"keep": ["l0_s0to1z", ...]}}
+
+Module names: B-ResNet `s{stage}b{block}_block` (conv branch) and `s{stage}b{block}_skip` (identity or
+projection); B-CNF `l{layer}_s{from}to{to}` (3x3 conv edges; a trailing `z` marks the zip chains
+inside layer 0 and the last layer). The spec is normalised to the modules on an input->output path,
+in topological order, so equal networks have equal specs. nas_common loads this module through the
+entry-point group `nas_common.spaces`.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from nas_common.errors import ArchFileError
+from nas_common.registry import SPACES
+from nas_common.spaces.base import Space
+from torch import nn
+
+from .graph import BSNNetwork, SuperGraph, make_graph, resnet_depth_ok
+
+__all__ = ["BSNSpace", "BSNResNetSpace", "BSNCNFSpace", "graph_of"]
+
+
+def graph_of(space: str, net: dict[str, Any]) -> SuperGraph:
+    """The super graph of a validated `net` (cached: graphs are immutable)."""
+    key = (space, repr(sorted(net.items())))
+    g = _GRAPHS.get(key)
+    if g is None:
+        g = _GRAPHS[key] = make_graph(space, net)
+    return g
+
+
+_GRAPHS: dict[tuple[str, str], SuperGraph] = {}
+
+
+def _posint(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+class BSNSpace(Space):
+    """Shared part: a spec is {"keep": [module names]} over the super graph that `net` describes."""
+
+    def validate_spec(self, spec: Any, net: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not isinstance(spec, dict) or set(spec) != {"keep"}:
+            raise ArchFileError(f"spec must be {{'keep': [module names]}} for space {self.name!r}, got {spec!r}")
+        keep = spec["keep"]
+        if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+            raise ArchFileError(f"spec.keep must be a list of module names, got {keep!r}")
+        if len(set(keep)) != len(keep):
+            raise ArchFileError("spec.keep lists a module twice")
+        if net is not None:
+            g = graph_of(self.name, net)
+            names = set(g.gate_names)
+            bad = [k for k in keep if k not in names]
+            if bad:
+                raise ArchFileError(f"spec.keep: unknown module(s) {bad[:3]} for this net; valid names look like "
+                                    f"{sorted(names)[:4]}")
+            if not g.connected(keep):
+                raise ArchFileError("spec.keep: the kept modules do not connect the input to the output")
+            return {"keep": g.prune(keep)}
+        return {"keep": list(keep)}
+
+    def build(self, spec: dict[str, Any], net: dict[str, Any]) -> nn.Module:
+        net = self.validate_net(net)
+        spec = self.validate_spec(spec, net)
+        return BSNNetwork(graph_of(self.name, net), keep=spec["keep"])
+
+    def random_spec(self, rng: random.Random, net: dict[str, Any]) -> dict[str, Any]:
+        net = self.validate_net(net)
+        g = graph_of(self.name, net)
+        while True:  # rejection sampling of a connected pattern (p = 1/2 per gate)
+            keep = [nm for nm in g.gate_names if rng.random() < 0.5]
+            if g.connected(keep):
+                return {"keep": g.prune(keep)}
+
+    def describe(self, spec: dict[str, Any]) -> str:
+        return f"{self.name}: {len(spec['keep'])} modules kept"
+
+
+class BSNResNetSpace(BSNSpace):
+    name = "bsn-resnet"
+    default_net = {"depth": 20, "widths": [16, 32, 64], "num_classes": 10, "input": [3, 32, 32]}
+
+    def validate_net(self, net: Any) -> dict[str, Any]:
+        out = super().validate_net(net)
+        d = out.get("depth")
+        if not _posint(d) or not resnet_depth_ok(d):
+            raise ArchFileError(f"net.depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110), got {d!r}")
+        w = out.get("widths")
+        if not isinstance(w, (list, tuple)) or len(w) < 1 or not all(_posint(x) for x in w):
+            raise ArchFileError(f"net.widths must be a list of positive stage widths like [16, 32, 64], got {w!r}")
+        out["widths"] = list(w)
+        return out
+
+    def describe(self, spec: dict[str, Any]) -> str:
+        blocks = sum(k.endswith("_block") for k in spec["keep"])
+        skips = sum(k.endswith("_skip") for k in spec["keep"])
+        return f"B-ResNet: {blocks} conv blocks and {skips} skips kept"
+
+
+class BSNCNFSpace(BSNSpace):
+    name = "bsn-cnf"
+    default_net = {"layers": 8, "channels": 128, "num_classes": 10, "input": [3, 32, 32]}
+
+    def validate_net(self, net: Any) -> dict[str, Any]:
+        out = super().validate_net(net)
+        if not _posint(out.get("layers")) or out["layers"] < 2:
+            raise ArchFileError(f"net.layers must be an integer >= 2, got {out.get('layers')!r}")
+        if not _posint(out.get("channels")):
+            raise ArchFileError(f"net.channels must be a positive integer, got {out.get('channels')!r}")
+        return out
+
+    def describe(self, spec: dict[str, Any]) -> str:
+        return f"B-CNF: {len(spec['keep'])} conv edges kept"
+
+
+for _space in (BSNResNetSpace(), BSNCNFSpace()):
+    if _space.name not in SPACES:
+        SPACES.register(_space.name, _space)
