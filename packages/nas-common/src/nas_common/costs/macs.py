@@ -40,6 +40,12 @@ class _FlopSum(TorchDispatchMode):
         return out
 
 
+# TorchDispatchMode wraps __torch_dispatch__ in torch._disable_dynamo, which imports torch._dynamo (800
+# modules, seconds) on first use and adds a frame-callback switch to every op. Counting is never traced
+# by dynamo, so use the plain method (`__wrapped__`, kept by functools.wraps) when torch exposes it.
+_FlopSum.__torch_dispatch__ = getattr(_FlopSum.__torch_dispatch__, "__wrapped__", _FlopSum.__torch_dispatch__)
+
+
 def count_flops_reference(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
     """FLOPs (2 per MAC) by torch's FlopCounterMode itself: the reference `count_macs` is tested against."""
     was_training = model.training
