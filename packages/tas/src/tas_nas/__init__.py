@@ -14,6 +14,7 @@ from .config import TASConfig
 from .flops import FlopTable, flop_loss
 from .model import SearchResNet, base_spec, spec_from_indices, tas_depth_choices
 from .ops import SearchConvBN, channelwise_interpolate, cwi_index, cwi_matrix, select_two
+from .retrain import retrain_with_kd, teacher_arch, train_teacher
 from .search import TASSearch
 
 try:
@@ -23,4 +24,4 @@ except _metadata.PackageNotFoundError:  # pragma: no cover
 
 __all__ = ["TASSearch", "TASConfig", "SearchResNet", "SearchConvBN", "FlopTable", "flop_loss", "base_spec",
            "channelwise_interpolate", "cwi_index", "cwi_matrix", "select_two", "spec_from_indices",
-           "tas_depth_choices"]
+           "tas_depth_choices", "retrain_with_kd", "teacher_arch", "train_teacher"]

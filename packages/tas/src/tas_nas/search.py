@@ -70,10 +70,12 @@ class TASSearch:
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, betas=tuple(config.arch_betas),
                                  weight_decay=config.arch_weight_decay)
         # the last argmax net inside [target - tol, target] (tensors: tracked without host syncs)
-        band_w = torch.zeros(model.width_logits.shape[0], dtype=torch.long, device=device)
-        band_d = torch.zeros(model.depth_logits.shape[0], dtype=torch.long, device=device)
-        band_found = torch.zeros((), dtype=torch.bool, device=device)
-        feas_w, feas_d, feas_found = band_w.clone(), band_d.clone(), band_found.clone()  # last one <= target
+        # and the last one under the target, starting with the initial argmax net
+        with torch.no_grad():
+            band_w, band_d = model.argmax_indices()
+            f = table(*model.argmax_probs())
+            band_found = (f >= target - tol) & (f <= target)
+            feas_w, feas_d, feas_found = band_w.clone(), band_d.clone(), f <= target
         start = 0
         state = run.restore(map_location=device)
         if state is not None:
