@@ -29,6 +29,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the architecture to transform (NAT): a genotype name or an arch.json; = -o input_arch=ARCH")
     p.add_argument("--policy", default=None, metavar="RUN_DIR",
                    help="reuse the trained policy of an earlier run (NAT); = -o policy=RUN_DIR")
+    p.add_argument("--prune-ratio", default=None, metavar="R",
+                   help="keep this fraction of the base network's MACs (TAS; without --budget-macs); = -o prune_ratio=R")
 
 
 @command("search", "search an architecture with a method", arguments)
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"input_arch={args.input_arch}")
     if args.policy is not None:
         overrides.append(f"policy={args.policy}")
+    if args.prune_ratio is not None:
+        overrides.append(f"prune_ratio={args.prune_ratio}")
     if not args.json:
         from ..runs import device_name, package_versions
 
