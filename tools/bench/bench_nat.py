@@ -61,6 +61,8 @@ def search_table(args: argparse.Namespace, arch: Arch, metrics: dict[str, Any], 
 
 
 def retrain(args: argparse.Namespace, found: Arch, out: Path) -> str:
+    """Retrain the input and/or the transformed arch on `--seeds` seeds; the table covers every record in
+    OUT/records.jsonl made with the same recipe (so the two archs may be trained by separate processes)."""
     from nas_common.train import train_arch
 
     net = dict(found.net)
@@ -72,30 +74,39 @@ def retrain(args: argparse.Namespace, found: Arch, out: Path) -> str:
     if spec_in is None:
         raise SystemExit("the arch has no provenance.input_spec: give the --search-dir of a NAT search")
     archs = {"input": Arch("darts", spec_in, net).with_costs(), "NAT": Arch("darts", found.spec, net).with_costs()}
+    recipe = (f"{args.train_preset} {' '.join(args.train_override)}".strip() + f"; net C {net['C']}, "
+              f"{net['layers']} cells; {args.dataset}")
     ds = get_dataset(args.dataset)
-    rows = []
-    records = []
-    for name, arch in archs.items():
-        accs, times = [], []
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "records.jsonl"
+    for name in args.archs.split(","):
+        arch = archs[name]
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             res = train_arch(arch, ds, out=out / f"{name}-s{seed}", preset=args.train_preset,
                              overrides=args.train_override, seed=seed, device=args.device, overwrite=True,
                              progress=False)
-            times.append(time.perf_counter() - t0)
-            accs.append(float(res.metrics["test_top1"]))
-            records.append({"arch": name, "seed": seed, "test_top1": accs[-1], "seconds": times[-1],
-                            "costs": arch.costs})
+            rec = {"arch": name, "seed": seed, "test_top1": float(res.metrics["test_top1"]),
+                   "seconds": time.perf_counter() - t0, "costs": arch.costs, "recipe": recipe,
+                   "digest": arch.digest, "device": device_name(resolve_device(args.device)),
+                   "threads": torch.get_num_threads()}
+            with open(log, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = []
+    for name, arch in archs.items():
+        mine = [r for r in records if r["arch"] == name and r["recipe"] == recipe and r["digest"] == arch.digest]
+        if not mine:
+            continue
+        accs = [r["test_top1"] for r in mine]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         rows.append([f"{args.input_arch} ({name})", f"{arch.costs['macs'] / 1e6:.1f}",
                      f"{arch.costs['params'] / 1e6:.3f}", len(accs), f"{statistics.mean(accs):.4f} ± {std:.4f}",
-                     f"{statistics.mean(times) / 60:.1f}"])
-    (out / "retrain.json").write_text(json.dumps(records, indent=2) + "\n")
-    head = ["arch", "MACs (M)", "params (M)", "seeds", "test top-1 mean ± std", "min / run"]
-    recipe = (f"recipe: {args.train_preset} {' '.join(args.train_override)}; net C {net['C']}, {net['layers']} "
-              f"cells; dataset {args.dataset}; device {device_name(resolve_device(args.device))}, "
-              f"{torch.get_num_threads()} threads")
-    return markdown_table(head, rows) + "\n\n" + recipe
+                     f"{statistics.mean(r['seconds'] for r in mine) / 60:.1f}", mine[0]["device"],
+                     mine[0]["threads"]])
+    head = ["arch", "MACs (M)", "params (M)", "seeds", "test top-1 mean ± std", "wall min / run", "device",
+            "threads"]
+    return markdown_table(head, rows) + "\n\n" + f"recipe: {recipe}"
 
 
 def main() -> None:
@@ -111,6 +122,7 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="retrain the input and the transformed arch")
     ap.add_argument("--search-dir", default=None, help="a finished NAT search to retrain (skips the search)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--archs", default="input,NAT", help="which to retrain: input, NAT or input,NAT")
     ap.add_argument("--train-preset", default="darts-eval")
     ap.add_argument("-o", "--train-override", action="append", default=[], metavar="KEY=VALUE",
                     help="training config override for --retrain (repeatable), e.g. -o epochs=20")
