@@ -1,1 +1,28 @@
-"""ista_nas (work in progress)."""
+"""ista_nas: ISTA-NAS (Yang et al., NeurIPS 2020), neural architecture search as sparse coding.
+
+    from ista_nas import ISTASearch, ISTAConfig
+    # or through nas_common: run_search("ista-nas", task, preset="tiny", out="runs/ista")
+
+Two-stage search (compressed codes b searched by gradient on a sparse DARTS supernet, architectures z
+recovered by a batched ISTA/FISTA LASSO solver every epoch) and one-stage search (the target network
+trained while it is searched; op weights absorbed into BN at the end). Registered as the `ista-nas`
+method of nas_common; also registers the `darts-bn` space (the one-stage network).
+"""
+from importlib import metadata as _metadata
+
+from .coding import ISTA_PRIMITIVES, CompressedCode, genotype_from_support, support_weights, top_support
+from .config import ISTAConfig, OneStageConfig
+from .lasso import LassoResult, kkt_violation, lasso, lipschitz, soft_threshold
+from .network import DartsBNSpace, absorb
+from .search import ISTASearch
+
+try:
+    __version__ = _metadata.version("ista-nas")
+except _metadata.PackageNotFoundError:  # pragma: no cover
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ISTA_PRIMITIVES", "CompressedCode", "DartsBNSpace", "ISTAConfig", "ISTASearch", "LassoResult",
+    "OneStageConfig", "absorb", "genotype_from_support", "kkt_violation", "lasso", "lipschitz",
+    "soft_threshold", "support_weights", "top_support",
+]

@@ -1,0 +1,154 @@
+"""The networks of ISTA-NAS: the search supernets and the one-stage network with absorbed weights.
+
+Two-stage search runs nas_common's shared DARTS supernet (`DartsSupernet`, BN without affine as in
+DARTS' search) over the 7 ISTA-NAS ops, in its sparse mode: per node only the two selected ops run.
+
+One-stage search trains the target network itself (20 cells, C 36, auxiliary head). Every op ends
+with an affine BN whose γ, β stay frozen at 1, 0 while the node is searched; the parameter-free ops
+(pooling and the identity skip) get such a BN appended. When a node freezes its BNs are unfrozen, and
+when all nodes are frozen the op weights are absorbed: w·(γ·x̂ + β) = (w·γ)·x̂ + w·β, so the network
+becomes the plain discrete network of the genotype with γ' = w·γ, β' = w·β, and computes the same
+function. That discrete network, "DARTS with a BN after each parameter-free op", is registered here as
+the space `darts-bn` (same spec and net as `darts`), so `nas eval`/`nas train`/`load_model` work on a
+one-stage run directory.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas_common.registry import SPACES
+from nas_common.spaces.darts import (
+    DartsNetwork, DartsSpace, DartsSupernet, edge_index,
+)
+
+from .coding import ISTA_PRIMITIVES
+
+__all__ = ["DartsBNSpace", "absorb", "bn_op_wrapper", "final_bn", "one_stage_supernet", "search_supernet"]
+
+_PARAM_FREE = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
+
+
+def bn_op_wrapper(op: nn.Module, primitive: str, C: int) -> nn.Module:
+    """The one-stage op: pooling and the identity skip get an affine BN appended (the supernet gives
+    pooling a non-affine BN, replaced here); other ops already end with an affine BN."""
+    if "pool" in primitive:
+        pool = op[0] if isinstance(op, nn.Sequential) else op
+        return nn.Sequential(pool, nn.BatchNorm2d(C, affine=True))
+    if isinstance(op, nn.Identity):
+        return nn.Sequential(op, nn.BatchNorm2d(C, affine=True))
+    return op
+
+
+def final_bn(op: nn.Module) -> nn.BatchNorm2d:
+    """The last BatchNorm of an op: where its architecture weight is absorbed."""
+    bns = [m for m in op.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        raise ValueError(f"op {type(op).__name__} has no BatchNorm to absorb a weight into")
+    return bns[-1]
+
+
+def search_supernet(C: int, num_classes: int, layers: int, steps: int, input_channels: int) -> DartsSupernet:
+    """The two-stage search network: DARTS' supernet (non-affine BN) over the 7 ISTA-NAS ops."""
+    return DartsSupernet(C, num_classes, layers, primitives=ISTA_PRIMITIVES, steps=steps, multiplier=steps,
+                         affine=False, input_channels=input_channels)
+
+
+def one_stage_supernet(C: int, num_classes: int, layers: int, steps: int, input_channels: int,
+                       auxiliary: bool) -> DartsSupernet:
+    """The one-stage network: affine BN everywhere, a BN after every parameter-free op, the final BN of
+    every op frozen at γ=1, β=0 (unfreeze it with `set_op_bn_trainable`)."""
+    net = DartsSupernet(C, num_classes, layers, primitives=ISTA_PRIMITIVES, steps=steps, multiplier=steps,
+                        affine=True, input_channels=input_channels, op_wrapper=bn_op_wrapper,
+                        auxiliary=auxiliary)
+    for cell in net.cells:
+        for edge in cell.edges:
+            for op in edge:
+                bn = final_bn(op)
+                bn.weight.requires_grad_(False)
+                bn.bias.requires_grad_(False)
+    return net
+
+
+def set_op_bn_trainable(net: DartsSupernet, cell_type: int, node: int, entries: Sequence[tuple[int, int]]) -> None:
+    """Unfreeze the final BN (γ, β) of the ops `entries` = [(input_index, op_index)] of `node` in every
+    cell of type `cell_type` (0 normal, 1 reduce)."""
+    for cell in net.cells:
+        if int(cell.reduction) != cell_type:
+            continue
+        for j, k in entries:
+            bn = final_bn(cell.edges[edge_index(node, j)][k])
+            bn.weight.requires_grad_(True)
+            bn.bias.requires_grad_(True)
+
+
+# ---- the discrete network with BN after parameter-free ops ---------------------------------------
+class DartsBNSpace(DartsSpace):
+    """DARTS' discrete network with an affine BN after each pooling and identity op (ISTA-NAS one-stage)."""
+
+    name = "darts-bn"
+
+    def build(self, spec: dict[str, Any], net: dict[str, Any]) -> nn.Module:
+        model = super().build(spec, net)
+        for cell in model.cells:
+            for pos, op in enumerate(cell._ops):
+                if isinstance(op, _PARAM_FREE):
+                    cell._ops[pos] = nn.Sequential(op, nn.BatchNorm2d(cell.C, affine=True))
+        return model
+
+
+DARTS_BN_SPACE = DartsBNSpace()
+if "darts-bn" not in SPACES._items:
+    SPACES.register("darts-bn", DARTS_BN_SPACE)
+
+
+def absorb(supernet: DartsSupernet, weights: torch.Tensor, support: Sequence, spec: dict[str, Any],
+           net: dict[str, Any]) -> DartsNetwork:
+    """The discrete `darts-bn` network of `spec` carrying the supernet's trained weights, with each
+    selected op's weight w absorbed into its final BN (γ ← w·γ, β ← w·β).
+
+    `weights` (2, steps, 2) and `support` (nested list, candidate indices) are the one-stage code's;
+    `spec` must be `genotype_from_support(support)` (same node and entry order).
+    """
+    model = DARTS_BN_SPACE.build(spec, net).to(next(supernet.parameters()).device)
+    n_ops = len(ISTA_PRIMITIVES)
+    src = supernet.state_dict()
+    dst = model.state_dict()
+    mapping: dict[str, str] = {}  # discrete op prefix -> supernet op prefix
+    scale: dict[str, torch.Tensor] = {}  # discrete final-BN prefix -> w
+    for c, (cell, scell) in enumerate(zip(model.cells, supernet.cells)):
+        t = int(scell.reduction)
+        for i, node in enumerate(cell._run):
+            for s, (j, pos, _) in enumerate(node):
+                cand = int(support[t][i][s])
+                if cand // n_ops != j:
+                    raise ValueError("spec and support disagree: build spec with genotype_from_support(support)")
+                e = edge_index(i, j)
+                mapping[f"cells.{c}._ops.{pos}."] = f"cells.{c}.edges.{e}.{cand % n_ops}."
+                bn = final_bn(cell._ops[pos])
+                bn_name = next(n for n, m in cell._ops[pos].named_modules() if m is bn)
+                scale[f"cells.{c}._ops.{pos}.{bn_name}."] = weights[t, i, s].detach()
+    new = {}
+    for key in dst:
+        src_key = key
+        for prefix, target in mapping.items():
+            if key.startswith(prefix):
+                src_key = target + key[len(prefix):]
+                break
+        if src_key not in src:
+            raise KeyError(f"absorb: no supernet weight {src_key!r} for {key!r}")
+        value = src[src_key].clone()
+        for prefix, w in scale.items():
+            if key.startswith(prefix) and key[len(prefix):] in ("weight", "bias"):
+                value = value * w.to(value.dtype)
+        new[key] = value
+    model.load_state_dict(new)
+    model.drop_path_prob = supernet.drop_path_prob
+    return model
+
+
+
+

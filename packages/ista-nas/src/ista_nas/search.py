@@ -1,0 +1,358 @@
+"""ISTASearch: the two-stage and one-stage ISTA-NAS search loops, resumable through the Run.
+
+Two-stage (the default): the DARTS search supernet (8 cells, C 16) on a 50/50 split of the training
+data; each step updates b on a validation batch (Adam, first order) and the network weights on a
+training batch (SGD, cosine); after each epoch z is re-solved from b by the LASSO and the top-2
+support changes accordingly. The genotype (top-2 |z| per node) is written as a `darts` arch with the
+evaluation size (C 36, 20 cells, auxiliary), to be retrained by `nas train`.
+
+One-stage (`mode = "one-stage"`): the searched network is the evaluation network, trained on all
+training data with one backward per batch feeding both the b step and the weight step; a node whose z
+moved less than `freeze_tol` in an epoch is frozen (its b, z fixed, its ops' BNs unfrozen); when all are
+frozen the op weights are absorbed into the BNs and the discrete network trains on. The result holds
+that network (`result.model`), a `darts-bn` arch that `nas eval` evaluates without retraining.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas_common.arch import Arch
+from nas_common.data import make_loader
+from nas_common.methods import SearchResult, Task
+from nas_common.runs import Run
+
+from .coding import CompressedCode, genotype_from_support, top_support
+from .config import ISTAConfig
+from .network import DARTS_BN_SPACE, absorb, one_stage_supernet, search_supernet, set_op_bn_trainable
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _eval_net(config: ISTAConfig, task: Task) -> dict[str, Any]:
+    c, h, w = task.input_shape
+    return {"C": config.eval_C, "layers": config.eval_layers, "auxiliary": config.eval_auxiliary,
+            "num_classes": task.num_classes, "input": [c, h, w]}
+
+
+class ISTASearch:
+    """ISTA-NAS: NAS as sparse coding (two-stage and one-stage). See the module docstring."""
+
+    name = "ista-nas"
+    config_cls = ISTAConfig
+
+    # ---- entry points ----------------------------------------------------------------------------
+    def search(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
+        if config.mode == "one-stage":
+            return self._search_one_stage(task, config, run)
+        return self._search_two_stage(task, config, run)
+
+    def derive(self, result: SearchResult) -> Arch:
+        """Top-2 |z| per node -> genotype -> an arch at the evaluation size (`darts`, or `darts-bn` for a
+        one-stage result, whose trained network is `result.model`)."""
+        support = result.state["support"]
+        support = support.tolist() if isinstance(support, torch.Tensor) else support
+        spec = genotype_from_support(support)
+        space = "darts-bn" if result.state.get("mode") == "one-stage" else "darts"
+        return Arch(space, spec, dict(result.state["net"]), method=self.name,
+                    provenance={"mode": result.state.get("mode", "two-stage")})
+
+    # ---- shared pieces ---------------------------------------------------------------------------
+    @staticmethod
+    def _code(config: ISTAConfig, task: Task) -> CompressedCode:
+        code = CompressedCode(config.steps, config.m, 2, b_init_std=config.b_init_std, seed=task.seed)
+        return code.to(task.device)
+
+    @staticmethod
+    def _recover(code: CompressedCode, config: ISTAConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+        t0 = time.perf_counter()
+        z, res = code.recover(config.gamma, method=config.lasso_method, tol=config.lasso_tol,
+                              max_iter=config.lasso_max_iter)
+        stats = {"lasso_iters": res.iterations, "lasso_converged": int(res.converged.sum()),
+                 "lasso_time_s": time.perf_counter() - t0}
+        return z, stats
+
+    # ---- two-stage ---------------------------------------------------------------------------------
+    def _search_two_stage(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
+        device = task.device
+        c_in = task.input_shape[0]
+        net = search_supernet(config.C, task.num_classes, config.layers, config.steps, c_in).to(device)
+        code = self._code(config, task)
+        w_opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, config.epochs, eta_min=config.lr_min)
+        b_opt = torch.optim.Adam([code.b], lr=config.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
+                                 weight_decay=config.arch_weight_decay)
+        train_split, valid_split = task.dataset.train.split(config.train_fraction, seed=task.seed)
+        train = make_loader(train_split, config.batch_size, train=True, device=device, seed=task.seed)
+        valid = make_loader(valid_split, config.batch_size, train=True, device=device, seed=task.seed + 1)
+
+        start = 0
+        state = run.restore()
+        if state is not None:
+            net.load_state_dict(state["net"])
+            code.load_state_dict(state["code"])
+            w_opt.load_state_dict(state["w_opt"])
+            b_opt.load_state_dict(state["b_opt"])
+            sched.load_state_dict(state["sched"])
+            start = int(state["epoch"])
+        else:
+            z, _ = self._recover(code, config)
+            code.set_code(z)
+
+        for epoch in run.progress(range(start, config.epochs), desc="ista-nas two-stage",
+                                  total=config.epochs - start):
+            t0 = time.perf_counter()
+            train.set_epoch(epoch)
+            valid.set_epoch(epoch)
+            net.train()
+            support = code.support.tolist()  # one host transfer per epoch
+            tot = torch.zeros(4, device=device)  # train loss, train correct, valid loss, seen
+            steps = 0
+            for (xt, yt), (xv, yv) in zip(train, valid):
+                # b step on a validation batch (first order): only b's gradient is computed
+                normal, reduce = code.choices(support=support)
+                loss_v = F.cross_entropy(_logits(net.forward_sparse(xv, normal, reduce)), yv)
+                b_opt.zero_grad(set_to_none=True)
+                (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
+                b_opt.step()
+                # weight step on a training batch, op weights fixed
+                with torch.no_grad():
+                    w = code.weights()
+                normal, reduce = code.choices(w, support)
+                logits = _logits(net.forward_sparse(xt, normal, reduce))
+                loss_t = F.cross_entropy(logits, yt)
+                w_opt.zero_grad(set_to_none=True)
+                loss_t.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+                w_opt.step()
+                with torch.no_grad():
+                    tot += torch.stack([loss_t.detach() * yt.numel(), (logits.argmax(1) == yt).sum().float(),
+                                        loss_v.detach() * yv.numel(), torch.tensor(float(yt.numel()), device=device)])
+                steps += 1
+            sched.step()
+            old_support = code.support.clone()
+            z, stats = self._recover(code, config)
+            code.set_code(z)
+            seen = max(float(tot[3]), 1.0)
+            run.log(epoch + 1, train_loss=float(tot[0]) / seen, train_acc=float(tot[1]) / seen,
+                    valid_loss=float(tot[2]) / seen, support_changed=int((code.support != old_support).any(-1).sum()),
+                    b_norm=float(code.b.detach().norm()), epoch_time_s=time.perf_counter() - t0, **stats)
+            run.checkpoint({"net": net.state_dict(), "code": code.state_dict(), "w_opt": w_opt.state_dict(),
+                            "b_opt": b_opt.state_dict(), "sched": sched.state_dict()}, epoch=epoch + 1)
+
+        return SearchResult(
+            self.name,
+            state={"mode": "two-stage", "z": code.z.detach().cpu(), "b": code.b.detach().cpu(),
+                   "support": code.support.cpu(), "weights": code.weights().detach().cpu(),
+                   "net": _eval_net(config, task)},
+            metrics={"epochs": config.epochs},
+            config=config.to_dict(),
+        )
+
+    # ---- one-stage ---------------------------------------------------------------------------------
+    def _search_one_stage(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
+        oc = config.one_stage
+        device = task.device
+        net_cfg = _eval_net(config, task)
+        supernet = one_stage_supernet(config.eval_C, task.num_classes, config.eval_layers, config.steps,
+                                      task.input_shape[0], config.eval_auxiliary).to(device)
+        code = self._code(config, task)
+        w_opt = torch.optim.SGD(supernet.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
+        b_opt = torch.optim.Adam([code.b], lr=oc.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
+                                 weight_decay=oc.arch_weight_decay)
+        loader = make_loader(task.dataset.train, oc.batch_size, train=True, device=device, seed=task.seed,
+                             cutout=oc.cutout)
+        frozen = torch.zeros(2, config.steps, dtype=torch.bool, device=device)
+        phase, model, t_opt, t_sched, train_start = "search", None, None, None, 0
+        start = 0
+
+        state = run.restore()
+        if state is not None:
+            start = int(state["epoch"])
+            code.load_state_dict(state["code"])
+            frozen = state["frozen"].to(device)
+            phase = state["phase"]
+            if phase == "search":
+                supernet.load_state_dict(state["net"])
+                w_opt.load_state_dict(state["w_opt"])
+                b_opt.load_state_dict(state["b_opt"])
+                self._unfreeze_bns(supernet, code, frozen)
+            else:
+                train_start = int(state["train_start"])
+                model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device, build_only=True)
+                model.load_state_dict(state["net"])
+                t_opt.load_state_dict(state["w_opt"])
+                t_sched.load_state_dict(state["sched"])
+        else:
+            z, _ = self._recover(code, config)
+            code.set_code(z)
+
+        total = oc.max_search_epochs + oc.epochs  # an upper bound: the search usually freezes earlier
+        for epoch in run.progress(range(start, total), desc="ista-nas one-stage", total=total - start):
+            if phase == "search" and epoch >= oc.max_search_epochs:
+                phase = "train"  # searched for too long: freeze everything as it is
+            if phase == "train" and model is None:
+                frozen.fill_(True)
+                model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device)
+                train_start = epoch
+            if phase == "train" and epoch - train_start >= oc.epochs:
+                break
+            t0 = time.perf_counter()
+            loader.set_epoch(epoch)
+            if phase == "search":
+                log = self._one_stage_search_epoch(supernet, code, frozen, loader, w_opt, b_opt, config)
+                z, stats = self._recover(code, config)
+                log.update(stats)
+                self._freeze_update(code, z, frozen, supernet, config, net_cfg, log)
+                if bool(frozen.all()):
+                    phase = "train"
+                    model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device)
+                    train_start = epoch + 1
+            else:
+                model.drop_path_prob = oc.drop_path * (epoch - train_start) / max(oc.epochs, 1)
+                log = self._train_epoch(model, loader, t_opt, oc)
+                t_sched.step()
+            run.log(epoch + 1, phase=phase, frozen=int(frozen.sum()), epoch_time_s=time.perf_counter() - t0, **log)
+            if phase == "search":
+                ckpt = {"phase": "search", "net": supernet.state_dict(), "w_opt": w_opt.state_dict(),
+                        "b_opt": b_opt.state_dict()}
+            else:
+                ckpt = {"phase": "train", "net": model.state_dict(), "w_opt": t_opt.state_dict(),
+                        "sched": t_sched.state_dict(), "train_start": train_start}
+            run.checkpoint({**ckpt, "code": code.state_dict(), "frozen": frozen.cpu()}, epoch=epoch + 1)
+        if model is None:  # no epoch ran in the train phase (e.g. epochs = 0)
+            frozen.fill_(True)
+            model, _, _ = self._train_phase(code, config, net_cfg, supernet, device)
+
+        model.drop_path_prob = 0.0
+        return SearchResult(
+            self.name,
+            state={"mode": "one-stage", "z": code.z.detach().cpu(), "b": code.b.detach().cpu(),
+                   "support": code.support.cpu(), "weights": code.weights().detach().cpu(), "net": net_cfg,
+                   "search_epochs": train_start},
+            metrics={"search_epochs": train_start, "train_epochs": oc.epochs},
+            config=config.to_dict(),
+            model=model.eval(),
+        )
+
+    @staticmethod
+    def _unfreeze_bns(supernet: nn.Module, code: CompressedCode, frozen: torch.Tensor) -> None:
+        support = code.support.tolist()
+        for t, i in frozen.nonzero().tolist():
+            set_op_bn_trainable(supernet, t, i, [(c // code.n_ops, c % code.n_ops) for c in support[t][i]])
+
+    def _one_stage_search_epoch(self, supernet: nn.Module, code: CompressedCode, frozen: torch.Tensor,
+                                loader: Any, w_opt: torch.optim.Optimizer, b_opt: torch.optim.Optimizer,
+                                config: ISTAConfig) -> dict[str, float]:
+        """One epoch of joint updates: one backward per batch, then a b step and a weight step."""
+        oc = config.one_stage
+        supernet.train()
+        supernet.drop_path_prob = 0.0
+        support = code.support.tolist()
+        keep_b = code.b.detach().clone()
+        tot = torch.zeros(3, device=code.b.device)
+        for x, y in loader:
+            normal, reduce = code.choices(support=support)
+            out = supernet.forward_sparse(x, normal, reduce)
+            logits = _logits(out)
+            loss = F.cross_entropy(logits, y)
+            if isinstance(out, tuple):
+                loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
+            w_opt.zero_grad(set_to_none=True)
+            b_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            b_opt.step()
+            with torch.no_grad():  # frozen nodes keep their b exactly
+                code.b.copy_(torch.where(frozen.unsqueeze(-1), keep_b, code.b))
+            nn.utils.clip_grad_norm_(supernet.parameters(), oc.grad_clip)
+            w_opt.step()
+            with torch.no_grad():
+                tot += torch.stack([loss.detach() * y.numel(), (logits.argmax(1) == y).sum().float(),
+                                    torch.tensor(float(y.numel()), device=y.device)])
+        seen = max(float(tot[2]), 1.0)
+        return {"train_loss": float(tot[0]) / seen, "train_acc": float(tot[1]) / seen}
+
+    def _freeze_update(self, code: CompressedCode, z: torch.Tensor, frozen: torch.Tensor, supernet: nn.Module,
+                       config: ISTAConfig, net_cfg: dict[str, Any], log: dict[str, Any]) -> None:
+        """Adopt the new z for unfrozen nodes (unless the size guard rejects it) and freeze the nodes
+        whose z moved by at most `freeze_tol`."""
+        oc = config.one_stage
+        old = code.z.clone()
+        new = torch.where(frozen.unsqueeze(-1), old, z)
+        moved = (new - old).norm(dim=-1)
+        cand_support = top_support(new, code.mask, code.sparsity)
+        params = _count_params(genotype_from_support(cand_support.tolist()), net_cfg)
+        log.update({"z_moved_max": float(moved.max()), "candidate_params": params})
+        if params > oc.max_params:
+            log["rejected"] = 1  # keep the old selection; freezing waits for an accepted one
+            return
+        code.set_code(new)
+        newly = (~frozen) & (moved <= oc.freeze_tol)
+        frozen |= newly
+        support = code.support.tolist()
+        for t, i in newly.nonzero().tolist():
+            set_op_bn_trainable(supernet, t, i, [(c // code.n_ops, c % code.n_ops) for c in support[t][i]])
+
+    def _train_phase(self, code: CompressedCode, config: ISTAConfig, net_cfg: dict[str, Any], supernet: nn.Module,
+                     device: torch.device, build_only: bool = False
+                     ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+        """Absorb the op weights into the BNs: the discrete network, its optimizer and cosine schedule."""
+        oc = config.one_stage
+        support = code.support.tolist()
+        spec = genotype_from_support(support)
+        with torch.random.fork_rng(devices=[]):  # built on the CPU: the global RNG stream is untouched
+            if build_only:
+                model = DARTS_BN_SPACE.build(spec, net_cfg).to(device)
+            else:
+                model = absorb(supernet, code.weights().detach(), support, spec, net_cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(oc.epochs, 1), eta_min=oc.lr_min)
+        return model, opt, sched
+
+    @staticmethod
+    def _train_epoch(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, oc: Any) -> dict[str, float]:
+        model.train()
+        tot = None
+        for x, y in loader:
+            out = model(x)
+            logits = _logits(out)
+            loss = F.cross_entropy(logits, y)
+            if isinstance(out, tuple):
+                loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                row = torch.stack([loss.detach() * y.numel(), (logits.argmax(1) == y).sum().float(),
+                                   torch.tensor(float(y.numel()), device=y.device)])
+                tot = row if tot is None else tot + row
+        if tot is None:
+            return {}
+        seen = max(float(tot[2]), 1.0)
+        return {"train_loss": float(tot[0]) / seen, "train_acc": float(tot[1]) / seen}
+
+
+_PARAMS_CACHE: dict[str, float] = {}
+
+
+def _count_params(spec: dict[str, Any], net: dict[str, Any]) -> float:
+    """Parameters (without the auxiliary head) of the evaluation network of `spec` (cached)."""
+    from nas_common.costs import count_params
+
+    key = json.dumps([spec, net], sort_keys=True)
+    if key not in _PARAMS_CACHE:
+        with torch.random.fork_rng(devices=[]):
+            _PARAMS_CACHE[key] = float(count_params(DARTS_BN_SPACE.build(spec, net)))
+    return _PARAMS_CACHE[key]
+
+
+__all__ = ["ISTASearch"]
