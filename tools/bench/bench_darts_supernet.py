@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the CPU")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads on a CPU (default 1: steady timings on a shared machine)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     big = device.type == "cuda"
     args.C = args.C or (16 if big else 8)
     args.layers = args.layers or (8 if big else 5)

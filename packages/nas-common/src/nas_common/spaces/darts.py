@@ -109,29 +109,57 @@ class DartsCell(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
+STEMS = ("cifar", "imagenet")
+
+
 class DartsNetwork(nn.Module):
-    """DARTS' evaluation network for a genotype (CIFAR layout: stride-1 stem, two reduction cells).
+    """DARTS' evaluation network for a genotype.
+
+    `stem="cifar"` (default): a stride-1 3x3 conv stem with stem_multiplier*C channels, as DARTS' CIFAR
+    network. `stem="imagenet"`: DARTS' ImageNet network, two stems dividing the resolution by 8 (two
+    stride-2 3x3 convs to C/2 then C, then a stride-2 3x3 conv), the first cell seeing a "reduced"
+    previous input, and an ImageNet auxiliary head (DARTS: C 48, 14 cells, 224x224 inputs).
+    Reduction cells sit at layers//3 and 2*layers//3; the auxiliary head after cell 2*layers//3.
 
     forward(x) returns `(logits, aux_logits)` in training mode when `auxiliary` is set, else `logits`.
     Set `drop_path_prob` (a float) before each training epoch; it is ignored in eval mode.
     """
 
     def __init__(self, C: int, num_classes: int, layers: int, genotype: Genotype, auxiliary: bool = False,
-                 input_channels: int = 3, stem_multiplier: int = 3) -> None:
+                 input_channels: int = 3, stem_multiplier: int = 3, stem: str = "cifar") -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
         self.genotype = genotype
         self.layers = layers
         self.drop_path_prob = 0.0
         self._aux_pos = 2 * layers // 3
-        C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(input_channels, C_curr, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_curr),
-        )
-        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.stem_kind = stem
+        if stem == "cifar":
+            C_curr = stem_multiplier * C
+            self.stem = nn.Sequential(
+                nn.Conv2d(input_channels, C_curr, 3, padding=1, bias=False),
+                nn.BatchNorm2d(C_curr),
+            )
+            self.stem1 = None
+            C_pp, C_p, reduction_prev = C_curr, C_curr, False
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(input_channels, C // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C // 2),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C),
+            )
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=False),
+                nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(C),
+            )
+            C_pp, C_p, reduction_prev = C, C, True
+        C_curr = C
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
-        reduction_prev = False
         C_aux = C_p
         for i in range(layers):
             reduction = i in reductions
@@ -143,12 +171,14 @@ class DartsNetwork(nn.Module):
             C_pp, C_p = C_p, cell.multiplier * C_curr
             if i == self._aux_pos:
                 C_aux = C_p
-        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        self.auxiliary_head = (AuxiliaryHead(C_aux, num_classes, imagenet=stem == "imagenet") if auxiliary
+                               else None)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        s0 = s1 = self.stem(x)
+        s0 = self.stem(x)
+        s1 = self.stem1(s0) if self.stem1 is not None else s0
         aux = None
         drop_prob = float(self.drop_path_prob)
         for i, cell in enumerate(self.cells):
@@ -201,11 +231,14 @@ def _is_int(v: Any) -> bool:
 
 # ---- the space ---------------------------------------------------------------------------------------
 class DartsSpace(Space):
-    """The DARTS cell space: spec = a genotype, net = C, layers, auxiliary, num_classes, input."""
+    """The DARTS cell space: spec = a genotype; net = C, layers, auxiliary, num_classes, input, and
+    optionally stem ("cifar" by default, "imagenet" for DARTS' ImageNet layout)."""
 
     name = "darts"
     default_net: dict[str, Any] = {"C": 36, "layers": 20, "auxiliary": True, "num_classes": 10,
                                    "input": [3, 32, 32]}
+    #: keys `net` may hold besides the defaults: `stem` ("cifar", the default, or "imagenet").
+    optional_net: tuple[str, ...] = ("stem",)
     #: ops `random_spec` draws from: the DARTS candidates without `none`.
     random_ops: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
 
@@ -270,10 +303,14 @@ class DartsSpace(Space):
 
     def validate_net(self, net: Any) -> dict[str, Any]:
         out = super().validate_net(net)
-        unknown = set(out) - set(self.default_net)
+        valid = [*self.default_net, *self.optional_net]
+        unknown = set(out) - set(valid)
         if unknown:
             raise ArchFileError(f"net: unknown key(s) {', '.join(sorted(map(str, unknown)))} for the darts "
-                                f"space; valid: {', '.join(self.default_net)}")
+                                f"space; valid: {', '.join(valid)}")
+        if "stem" in out and out["stem"] not in STEMS:
+            raise ArchFileError(f"net.stem must be one of {', '.join(map(repr, STEMS))} (the CIFAR or ImageNet "
+                                f"layout of DARTS' network), got {out['stem']!r}")
         for key in ("C", "layers"):
             v = out[key]
             if not _is_int(v) or v < 1:
@@ -287,7 +324,7 @@ class DartsSpace(Space):
         net = self.validate_net(net)
         c_in, h, w = net["input"]
         return DartsNetwork(net["C"], net["num_classes"], net["layers"], spec_to_genotype(spec),
-                            auxiliary=net["auxiliary"], input_channels=c_in)
+                            auxiliary=net["auxiliary"], input_channels=c_in, stem=net.get("stem", "cifar"))
 
     def random_spec(self, rng: random.Random, net: dict[str, Any] | None = None, steps: int = 4) -> dict[str, Any]:
         """Uniform: each node takes 2 distinct inputs among its predecessors, each with an op drawn

@@ -65,28 +65,36 @@ def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS' CIFAR auxiliary classifier: on the 8x8 maps of a 32x32 input, ReLU, 5x5 average pool with
-    stride 3 (to 2x2), 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, BN, ReLU, linear. Maps smaller than
-    8x8 are average-pooled to 2x2 instead, and larger outputs are averaged, so that it runs at any input
-    size; at 32x32 inputs it is exactly DARTS' head. (Its first ReLU is not in place, unlike DARTS': the
-    cells after it apply their own ReLU first, so the result is the same and autograd stays safe.)"""
+    """DARTS' auxiliary classifier.
 
-    def __init__(self, C: int, num_classes: int) -> None:
+    CIFAR (on the 8x8 maps of a 32x32 input): ReLU, 5x5 average pool with stride 3 (to 2x2), 1x1 conv
+    to 128, BN, ReLU, 2x2 conv to 768, BN, ReLU, linear. ImageNet (`imagenet=True`, on 7x7 maps): the
+    pool has stride 2 and there is no BN after the 768-channel conv (as in DARTS' ImageNet head).
+    Maps smaller than the pool are average-pooled to 2x2 instead, and larger outputs are averaged, so
+    it runs at any input size; at the papers' input sizes it is exactly DARTS' head. (Its first ReLU is
+    not in place, unlike DARTS': the cells after it apply their own ReLU first, so the result is the
+    same and autograd stays safe.)
+    """
+
+    def __init__(self, C: int, num_classes: int, imagenet: bool = False) -> None:
         super().__init__()
-        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)
-        self.features = nn.Sequential(
+        self.pool = nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False)
+        self._min_size = 7 if imagenet else 8  # smallest map the 5x5 pool turns into >= 2x2
+        layers: list[nn.Module] = [
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
-            nn.ReLU(inplace=True),
-        )
+        ]
+        if not imagenet:
+            layers.append(nn.BatchNorm2d(768))
+        layers.append(nn.ReLU(inplace=True))
+        self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(x)
-        x = self.pool(x) if min(x.shape[-2:]) >= 8 else F.adaptive_avg_pool2d(x, 2)
+        x = self.pool(x) if min(x.shape[-2:]) >= self._min_size else F.adaptive_avg_pool2d(x, 2)
         x = self.features(x)
         if x.shape[-1] != 1 or x.shape[-2] != 1:
             x = F.adaptive_avg_pool2d(x, 1)
