@@ -64,7 +64,7 @@ from ..config import config_to_dict
 from ..data import Split, make_loader
 from ..device import resolve_device
 from ..errors import ConfigError, DataError, RunError
-from ..runs import Run
+from ..runs import Run, rng_state, set_rng_state
 from . import ddp
 from .config import TrainConfig
 from .distill import distill_loss
@@ -214,6 +214,8 @@ class Trainer:
             "history": list(self.history),
             "config": config_to_dict(self.config),
             "arch_digest": self.arch.digest if self.arch is not None else None,
+            # the Run saves rank 0's RNG states; under DDP each rank's are kept too (drop path differs by rank)
+            "rank_rng": ddp.gather_objects(rng_state()) if dist.world_size() > 1 else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
@@ -236,6 +238,9 @@ class Trainer:
         self.scaler.load_state_dict(state.get("scaler") or {})
         self.epoch = int(state["epoch"])
         self.history = list(state.get("history", []))
+        ranks = state.get("rank_rng")
+        if ranks and len(ranks) == dist.world_size():
+            set_rng_state(ranks[dist.rank()])
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: Split, test: Split | None = None) -> dict[str, Any]:
