@@ -20,7 +20,14 @@ MICRO_NETS = {
     "supnet-m": {"width": 4, "blocks": [1, 2, 1], "stem": 4, "num_classes": 10, "input": [3, 16, 16]},
     "supnet-mi": {"width": 8, "blocks": [1, 1, 1], "stem": 4, "num_classes": 10, "input": [3, 16, 16]},
     "supnet-r": {"width": 8, "blocks": [1, 2, 1, 1], "num_classes": 10, "input": [3, 32, 32]},
+    "supnet-m/stem_stride=2": {"width": 4, "blocks": [1, 1, 1], "stem": 4, "stem_stride": 2, "num_classes": 10,
+                               "input": [3, 16, 16]},
 }
+
+
+def _space_net(key: str):  # noqa: ANN202
+    space = get_supnet_space(key.split("/")[0])
+    return space, space.validate_net(MICRO_NETS[key])
 
 
 def _randomise_bn(net: torch.nn.Module, seed: int = 0) -> None:
@@ -103,8 +110,7 @@ def test_concrete_mask_is_relaxed_bernoulli() -> None:
 
 @pytest.mark.parametrize("name", sorted(MICRO_NETS))
 def test_pruned_network_equals_masked_supernet(name: str) -> None:
-    space = get_supnet_space(name)
-    net = space.validate_net(MICRO_NETS[name])
+    space, net = _space_net(name)
     plan = space.plan(net)
     torch.manual_seed(0)
     sup = space.supernet(net)
@@ -139,10 +145,9 @@ def test_vanished_ops_are_removed() -> None:
     assert list(model.blocks[0].paths) == ["p0"]
 
 
-@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
+@pytest.mark.parametrize("name", ["supnet-m", "supnet-r", "supnet-m/stem_stride=2"])
 def test_closed_form_costs_match_counted(name: str) -> None:
-    space = get_supnet_space(name)
-    net = space.validate_net(MICRO_NETS[name])
+    space, net = _space_net(name)
     plan = space.plan(net)
     masks = _masks(plan.num_channels, seed=3)
     macs, params = plan.costs(masks)
@@ -153,7 +158,7 @@ def test_closed_form_costs_match_counted(name: str) -> None:
 
 
 def test_spaces_registered_and_arch_roundtrip(tmp_path) -> None:
-    for name in MICRO_NETS:
+    for name in ("supnet-m", "supnet-mi", "supnet-r"):
         assert name in SPACES
     space = get_supnet_space("supnet-m")
     net = space.validate_net(MICRO_NETS["supnet-m"])

@@ -26,8 +26,10 @@ from torch import nn
 from .supernets import PLANS, Plan
 
 DEFAULT_NETS: dict[str, dict[str, Any]] = {
-    "supnet-m": {"width": 96, "blocks": [4, 4, 4], "stem": 16, "num_classes": 10, "input": [3, 32, 32]},
-    "supnet-mi": {"width": 192, "blocks": [4, 4, 4], "stem": 16, "num_classes": 10, "input": [3, 32, 32]},
+    "supnet-m": {"width": 96, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
+                 "input": [3, 32, 32]},
+    "supnet-mi": {"width": 192, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
+                  "input": [3, 32, 32]},
     "supnet-r": {"width": 64, "blocks": [3, 4, 6, 3], "num_classes": 1000, "input": [3, 224, 224]},
 }
 
@@ -61,6 +63,8 @@ class SupNetSpace(Space):
                                 f"{out['width']}")
         if "stem" in out:
             _pos_int(out["stem"], "stem")
+        if "stem_stride" in out and out["stem_stride"] not in (1, 2):
+            raise ArchFileError(f"net.stem_stride must be 1 (the paper) or 2, got {out['stem_stride']!r}")
         blocks = out["blocks"]
         if not isinstance(blocks, (list, tuple)) or len(blocks) != self.n_stages:
             raise ArchFileError(f"net.blocks must list the blocks of each of the {self.n_stages} stages, "

@@ -337,7 +337,9 @@ class Plan:
 
 
 class MPlan(Plan):
-    """SupNet-M / SupNet-MI: net = {width, blocks: [n1, n2, n3], stem}."""
+    """SupNet-M / SupNet-MI: net = {width, blocks: [n1, n2, n3], stem, stem_stride}.
+
+    `stem_stride` 1 is the paper's CIFAR network; 2 halves the feature maps (a cheap CPU variant)."""
 
     kind = "M"
 
@@ -345,6 +347,8 @@ class MPlan(Plan):
         c, h, w = self.input
         stem = int(self.net["stem"])
         width = int(self.net["width"])
+        ss = int(self.net.get("stem_stride", 1))
+        h, w = _out(h, ss), _out(w, ss)
         cin = stem
         for s, n in enumerate(self.net["blocks"]):
             cout = width * 2**s
@@ -356,7 +360,8 @@ class MPlan(Plan):
 
     def make_stem(self) -> nn.Module:
         stem = int(self.net["stem"])
-        return nn.Sequential(nn.Conv2d(self.input[0], stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem))
+        ss = int(self.net.get("stem_stride", 1))
+        return nn.Sequential(nn.Conv2d(self.input[0], stem, 3, ss, padding=1, bias=False), nn.BatchNorm2d(stem))
 
     def block_groups(self, bp: BlockPlan) -> list[tuple[str, int]]:
         return [(f"{bp.prefix}.p{j}.{c}", bp.cin if c == "conv1" else bp.cout) for j in range(2)
