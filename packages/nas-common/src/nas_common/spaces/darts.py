@@ -17,7 +17,7 @@ reads is not preprocessed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -47,7 +47,12 @@ __all__ = [
 
 # ---- the discrete network ----------------------------------------------------------------------------
 class DartsCell(nn.Module):
-    """One cell of a genotype: preprocess both inputs to C channels, then each node sums its two ops."""
+    """One cell of a genotype: preprocess both inputs to C channels, then each node sums its two ops.
+
+    Layout (stable: ISTA-NAS maps supernet weights onto it): `_ops` holds one module per live edge in
+    genotype order, and `_run[i]` lists node i's `(input_index, position in _ops, drop-path-able)`;
+    `preprocess0`/`preprocess1` are None for inputs no live edge reads; `C`, `reduction`, `multiplier`.
+    """
 
     def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
                  reduction_prev: bool) -> None:
