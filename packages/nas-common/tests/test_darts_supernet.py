@@ -10,7 +10,8 @@ from torch import nn
 
 from nas_common.ops import PRIMITIVES
 from nas_common.spaces.darts import (
-    DARTS_V2, GENOTYPES, DartsSupernet, Genotype, cell_choice_from_genotype, edge_index, num_edges,
+    DARTS_V2, GENOTYPES, DartsSupernet, Genotype, cell_choice_from_genotype, edge_index, genotype_from_weights,
+    num_edges,
 )
 
 NAT_PRIMITIVES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -278,3 +279,24 @@ def test_sparse_matches_the_discrete_network_cell_structure():
     normal, reduce = net.genotype_choice(g)
     plan = net.plan_choice(normal)
     assert sum(len(node) for node in plan.run) == 5 and plan.needed_inputs == {1}
+
+
+def test_derive_genotype_follows_darts_rule():
+    """Weights that are one-hot on a genotype's ops give that genotype back (top-2 edges per node)."""
+    net = make()
+    normal, reduce = net.genotype_choice(DARTS_V2)
+    w_n, w_r = net.choice_to_weights(normal), net.choice_to_weights(reduce)
+    # a large `none` weight everywhere must not matter: DARTS ranks edges by their best non-none op
+    w_n[:, PRIMITIVES.index("none")] = 5.0
+    g = net.derive_genotype(w_n * 0.5 + 0.01, w_r)
+    as_sets = lambda ops: [frozenset(ops[2 * i: 2 * i + 2]) for i in range(len(ops) // 2)]  # noqa: E731
+    assert as_sets(g.normal) == as_sets(DARTS_V2.normal) and as_sets(g.reduce) == as_sets(DARTS_V2.reduce)
+    assert g.normal_concat == [2, 3, 4, 5]
+    # strongest edge first; the op is the argmax over non-null ops
+    w = torch.zeros(14, 8)
+    w[edge_index(0, 1), PRIMITIVES.index("dil_conv_5x5")] = 0.9
+    w[edge_index(0, 0), PRIMITIVES.index("avg_pool_3x3")] = 0.4
+    g = genotype_from_weights(w, w)
+    assert g.normal[:2] == [("dil_conv_5x5", 1), ("avg_pool_3x3", 0)]
+    with pytest.raises(ValueError, match="shape"):
+        genotype_from_weights(torch.zeros(14, 7), w)

@@ -30,7 +30,7 @@ from ..registry import ARCHS, SPACES
 from .base import Space
 from .darts_blocks import AuxiliaryHead, CellPlan, drop_path, plan_cell, reduction_layers
 from .darts_supernet import (
-    CellChoice, ChoiceEntry, DartsSupernet, cell_choice_from_genotype, edge_index, num_edges,
+    CellChoice, ChoiceEntry, DartsSupernet, cell_choice_from_genotype, edge_index, genotype_from_weights, num_edges,
 )
 from .darts_genotypes import (
     AMOEBANET_A, DARTS_V1, DARTS_V2, ENAS, GENOTYPES, NASNET_A, PNAS, RESNET_BLOCK, VGG_BLOCK, Genotype,
@@ -41,7 +41,8 @@ __all__ = [
     "VGG_BLOCK", "AuxiliaryHead", "CellPlan", "DartsCell", "DartsNetwork", "DartsSpace", "Genotype",
     "drop_path", "genotype_to_spec", "get_genotype", "plan_cell", "reduction_layers", "spec_to_genotype",
     # supernet (darts_supernet.py)
-    "CellChoice", "ChoiceEntry", "DartsSupernet", "cell_choice_from_genotype", "edge_index", "num_edges",
+    "CellChoice", "ChoiceEntry", "DartsSupernet", "cell_choice_from_genotype", "edge_index", "genotype_from_weights",
+    "num_edges",
 ]
 
 

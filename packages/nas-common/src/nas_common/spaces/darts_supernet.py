@@ -36,7 +36,7 @@ from .darts_blocks import AuxiliaryHead, drop_path, plan_cell, reduction_layers
 from .darts_genotypes import Genotype
 
 __all__ = ["CellChoice", "ChoiceEntry", "DartsSupernet", "SupernetCell", "cell_choice_from_genotype",
-           "edge_index", "num_edges"]
+           "edge_index", "genotype_from_weights", "num_edges"]
 
 #: One sparse-mode entry: (input_index, op_index, weight or None for 1.0).
 ChoiceEntry = tuple[int, int, Optional[torch.Tensor]]
@@ -83,6 +83,36 @@ def cell_choice_from_genotype(genotype: Genotype, primitives: Sequence[str] = PR
         return nodes
 
     return cell(genotype.normal, "normal"), cell(genotype.reduce, "reduce")
+
+
+def genotype_from_weights(weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
+                          primitives: Sequence[str] = PRIMITIVES, steps: int = 4, multiplier: int | None = None,
+                          inputs_per_node: int = 2) -> Genotype:
+    """DARTS' derivation rule: per node, keep the `inputs_per_node` incoming edges whose strongest
+    non-null op has the largest weight, each with that op (ties go to the lower index); the concat is the
+    last `multiplier` nodes (all by default). `weights_*` are (n_edges, n_ops) (e.g. softmax(alpha))."""
+    primitives = tuple(primitives)
+    live = [k for k, p in enumerate(primitives) if not is_null_op(p)]
+    if not live:
+        raise ValueError("primitives has no op other than none/null: nothing to derive")
+    multiplier = steps if multiplier is None else multiplier
+
+    def cell(weights: torch.Tensor, which: str) -> list[tuple[str, int]]:
+        if tuple(weights.shape) != (num_edges(steps), len(primitives)):
+            raise ValueError(f"{which} weights must have shape ({num_edges(steps)}, {len(primitives)}), "
+                             f"got {tuple(weights.shape)}")
+        rows = weights.detach().float().cpu().tolist()  # one transfer; derivation is not a hot path
+        gene: list[tuple[str, int]] = []
+        for i in range(steps):
+            start = i * (i + 3) // 2
+            best = [max(live, key=lambda k, r=rows[start + j]: (r[k], -k)) for j in range(i + 2)]
+            strength = [rows[start + j][best[j]] for j in range(i + 2)]
+            edges = sorted(range(i + 2), key=lambda j: -strength[j])[:inputs_per_node]
+            gene.extend((primitives[best[j]], j) for j in edges)
+        return gene
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(cell(weights_normal, "normal"), concat, cell(weights_reduce, "reduce"), list(concat))
 
 
 class _SparsePlan:
@@ -331,6 +361,12 @@ class DartsSupernet(nn.Module):
             if len(ops) != 2 * self.steps:
                 raise ValueError(f"genotype.{which} has {len(ops) // 2} nodes, this supernet {self.steps}")
         return cell_choice_from_genotype(genotype, self.primitives)
+
+    def derive_genotype(self, weights_normal: torch.Tensor, weights_reduce: torch.Tensor,
+                        inputs_per_node: int = 2) -> Genotype:
+        """DARTS' rule on this supernet's primitives (see `genotype_from_weights`)."""
+        return genotype_from_weights(weights_normal, weights_reduce, self.primitives, self.steps, self.multiplier,
+                                     inputs_per_node)
 
     def choice_to_weights(self, choice: CellChoice) -> torch.Tensor:
         """The dense (n_edges, n_ops) weights equal to a CellChoice (entries on one (edge, op) add up)."""
