@@ -9,7 +9,7 @@
 3. kendall (optional, --kendall N): Kendall's tau between inherited-weight and stand-alone accuracy
    (short training from scratch) of N masks sampled from the posterior.
 
-    python -m tools.bench.bench_posterior [--seeds 0 1 2] [--masks 1000] [--images 500] [--kendall 0]
+    python -m tools.bench.bench_posterior [--seeds 0 1 2] [--jobs 1] [--masks 1000] [--images 500] [--kendall 0]
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from nas_common import Task, get_dataset
-from nas_common.config import resolve_config
+from nas_common.config import config_from_dict, resolve_config
 from nas_common.data import make_loader
 from nas_common.runs import provenance
 from nas_common.search import run_search
@@ -31,39 +31,50 @@ from posterior_nas.sampling import sample_masks
 from .table import markdown_table
 
 
-def _supernet_from_run(run_dir: Path, task: Task, cfg: PosteriorConfig):  # noqa: ANN202
+def _supernet_from_run(run_dir: Path, task: Task):  # noqa: ANN202
+    """The trained supernet of a search run (its config from the checkpoint)."""
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    cfg = config_from_dict(PosteriorConfig, state["config"])
     space = get_supnet_space(cfg.space)
     net = supernet_net(cfg, task)
     sup = space.supernet(net, p_init=cfg.p_init, temperature=cfg.temperature)
-    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     sup.load_state_dict(state["model"])
-    return space, net, sup.eval()
+    return space, net, sup.eval(), cfg
 
 
-def bench_search(seeds: list[int], out: Path, overrides: dict[str, str]) -> list[dict]:
-    rows = []
-    data = get_dataset("cifar10-mini")
-    for seed in seeds:
-        run_dir = out / f"tiny-seed{seed}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        t0 = time.perf_counter()
-        result, arch = run_search("posterior-nas", Task(data, seed=seed), out=run_dir, preset="tiny",
-                                  overrides=overrides, progress=False)
-        wall = time.perf_counter() - t0
-        m = result.metrics
-        rows.append({"seed": seed, "wall_s": wall, "train_s": wall - m["sampling_time_s"], "run_dir": run_dir,
-                     **m, "macs": arch.costs["macs"], "params": arch.costs["params"]})
-    return rows
+def search_one(seed: int, out: Path, overrides: dict[str, str], threads: int) -> dict:
+    """One tiny-preset search (run in a worker process when --jobs > 1)."""
+    torch.set_num_threads(threads)
+    run_dir = out / f"tiny-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    result, arch = run_search("posterior-nas", Task(get_dataset("cifar10-mini"), seed=seed), out=run_dir,
+                              preset="tiny", overrides=overrides, progress=False)
+    wall = time.perf_counter() - t0
+    m = result.metrics
+    return {"seed": seed, "wall_s": wall, "train_s": wall - m["sampling_time_s"], "run_dir": run_dir, **m,
+            "macs": arch.costs["macs"], "params": arch.costs["params"]}
+
+
+def bench_search(seeds: list[int], out: Path, overrides: dict[str, str], threads: int, jobs: int) -> list[dict]:
+    if jobs <= 1:
+        return [search_one(s, out, overrides, threads) for s in seeds]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(search_one, s, out, overrides, threads) for s in seeds]
+        return [f.result() for f in futures]
 
 
 def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int) -> dict:
     data = get_dataset("cifar10-mini")
     task = Task(data)
-    cfg = resolve_config(PosteriorConfig, "tiny")
     if run_dir is not None and (run_dir / "checkpoints" / "last.pt").exists():
-        space, net, sup = _supernet_from_run(run_dir, task, cfg)
+        space, net, sup, _ = _supernet_from_run(run_dir, task)
         source = "trained (tiny, seed 0)"
     else:
+        cfg = resolve_config(PosteriorConfig, "tiny")
         space = get_supnet_space(cfg.space)
         net = supernet_net(cfg, task)
         sup = space.supernet(net).eval()
@@ -83,8 +94,7 @@ def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int) 
 def bench_kendall(run_dir: Path, n: int, epochs: int) -> dict:
     data = get_dataset("cifar10-mini")
     task = Task(data)
-    cfg = resolve_config(PosteriorConfig, "tiny")
-    space, net, sup = _supernet_from_run(run_dir, task, cfg)
+    space, net, sup, cfg = _supernet_from_run(run_dir, task)
     train, held_split = data.train.split(1.0 - cfg.val_fraction, seed=0)
     held = list(make_loader(held_split, 500, train=False))
     masks = sample_masks(channel_rates(sup).detach(), n, torch.Generator().manual_seed(1))
@@ -103,19 +113,25 @@ def main() -> None:
     ap.add_argument("--kendall", type=int, default=0, help="masks for Kendall's tau (0: skip)")
     ap.add_argument("--kendall-epochs", type=int, default=3)
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per process (1: these micro networks gain nothing from a second "
+                         "thread, and on a shared CPU spin-waiting makes them many times slower)")
+    ap.add_argument("--jobs", type=int, default=1, help="seeds searched in parallel processes")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", "runs/bench_posterior")))
     ap.add_argument("-o", "--override", action="append", default=[], help="tiny-preset override KEY=VALUE")
     args = ap.parse_args()
     overrides = dict(o.split("=", 1) for o in args.override)
+    torch.set_num_threads(args.threads)
     prov = provenance()
     print(f"# posterior-nas benchmarks ({prov['device_name']}, torch {prov['versions'].get('torch')}, "
-          f"git {prov['git_commit']}, load average {os.getloadavg()[0]:.1f})\n")
+          f"git {prov['git_commit']}, {args.threads} torch thread(s), {args.jobs} job(s), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)\n")
 
     first_run = None
     if not args.skip_search:
-        rows = bench_search(args.seeds, args.out, overrides)
+        rows = bench_search(args.seeds, args.out, overrides, args.threads, args.jobs)
         first_run = rows[0]["run_dir"]
-        print("## tiny preset on cifar10-mini: search time and posterior vs uniform best-of-100\n")
+        print(f"## tiny preset on cifar10-mini: search time and posterior vs uniform best-of-{rows[0]['samples']}\n")
         print(markdown_table(
             ["seed", "wall (s)", "train (s)", "sampling (s)", "p mean", "posterior best acc", "uniform best acc",
              "posterior mean acc", "uniform mean acc", "found MACs", "found params"],
