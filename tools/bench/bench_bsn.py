@@ -1,0 +1,119 @@
+"""BSN benchmarks: the speed of gated execution, and the `tiny` preset under a MACs budget.
+
+    .venv/bin/python -m tools.bench.bench_bsn                 # both parts
+    .venv/bin/python -m tools.bench.bench_bsn --part speed    # forward+backward steps only
+    .venv/bin/python -m tools.bench.bench_bsn --part tiny     # tiny preset, budget 60% of ResNet-20's MACs
+
+Part 1 times one forward + backward step of B-ResNet (train mode, batch 64) with every gate on and with
+half of the conv blocks off, for each execution mode of `BSNNetwork` (dense = the official code:
+every module runs and is multiplied by its gate; skip; gather; auto). The target: with half the blocks
+off, at least 1.6x faster than all on. Part 2 runs `nas search bsn --preset tiny` on cifar10-mini with
+a budget of 60% of ResNet-20's MACs and checks its time (< 10 min) and that the derived network is
+within the budget. Prints markdown tables.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bsn_nas import BSNNetwork, resnet_graph
+from bsn_nas.costs import full_cost
+
+
+def _step_time(net: BSNNetwork, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor | None, reps: int) -> float:
+    """Median seconds of one forward + backward step."""
+    times = []
+    for i in range(reps + 2):
+        t0 = time.perf_counter()
+        out = net(x, active=active)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        net.zero_grad(set_to_none=True)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # warm-up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def speed(depth: int, batch: int, reps: int, device: str) -> None:
+    torch.manual_seed(0)
+    g = resnet_graph({"depth": depth, "widths": [16, 32, 64], "num_classes": 10, "input": [3, 32, 32]})
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    names = g.gate_names
+    blocks = [i for i, n in enumerate(names) if n.endswith("_block")]
+    all_on = torch.ones(batch, g.num_gates, dtype=torch.bool)
+    half_blocks = all_on.clone()
+    half_blocks[:, blocks[1::2]] = False  # every second block off for the whole batch, skips on
+    gen = torch.Generator().manual_seed(0)
+    per_example = all_on.clone()
+    off = torch.rand(batch, len(blocks), generator=gen) < 0.5  # each block off with p = 1/2, per example
+    per_example[:, blocks] = ~off
+    scen = {"all gates on": all_on, "half the blocks off (whole batch)": half_blocks,
+            "each block off w.p. 1/2 (per example)": per_example}
+    print(f"\n### B-ResNet-{depth} forward+backward step, batch {batch}, {device} "
+          f"({torch.get_num_threads()} threads), median of {reps}\n")
+    print("| gates | active MACs | dense (official) ms | skip ms | gather ms | auto ms | speed-up vs all on (auto) |")
+    print("|---|---|---|---|---|---|---|")
+    table = __import__("bsn_nas.costs", fromlist=["cost_table"]).cost_table(g)
+    base = None
+    for label, gates in scen.items():
+        active = g.active(gates)
+        macs = float(table.cost("macs", active).mean()) / full_cost(g, "macs")
+        row = {}
+        for mode in ("dense", "skip", "gather", "auto"):
+            net = BSNNetwork(g, mode=mode).to(device).train()
+            row[mode] = _step_time(net, x, y, active.to(device), reps)
+        if base is None:
+            base = row["auto"]
+        print(f"| {label} | {macs:.0%} | {row['dense'] * 1e3:.1f} | {row['skip'] * 1e3:.1f} | "
+              f"{row['gather'] * 1e3:.1f} | {row['auto'] * 1e3:.1f} | {base / row['auto']:.2f}x |")
+
+
+def tiny(budget_frac: float, out: str | None, device: str, seed: int) -> None:
+    from nas_common import Budget, Task, count_macs, get_arch, get_dataset
+    from nas_common.search import run_search
+
+    r20 = count_macs(get_arch("resnet20").build(), (3, 32, 32))
+    budget = budget_frac * r20
+    task = Task(dataset=get_dataset("cifar10-mini"), device=torch.device(device), seed=seed,
+                budget=Budget(macs=budget))
+    out_dir = Path(out) if out else Path(tempfile.mkdtemp(prefix="bench_bsn_")) / "run"
+    t0, c0 = time.time(), time.process_time()
+    result, arch = run_search("bsn", task, out=out_dir, preset="tiny", overwrite=True, progress=False)
+    wall, cpu = time.time() - t0, time.process_time() - c0
+    m = result.metrics
+    print(f"\n### `tiny` preset, cifar10-mini, budget {budget_frac:.0%} of ResNet-20's MACs "
+          f"({budget / 1e6:.2f}M), {device}, seed {seed}\n")
+    print("| search wall time | CPU time (all threads) | derived MACs | within budget | params | modules kept | val acc | test acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {wall / 60:.1f} min | {cpu / 60:.1f} min | {arch.costs['macs'] / 1e6:.2f}M ({arch.costs['macs'] / r20:.0%} of R-20) | "
+          f"{'yes' if arch.costs['macs'] <= budget else 'NO'} | {arch.costs['params'] / 1e6:.3f}M | "
+          f"{m['modules_kept']}/{m['modules_total']} | {m.get('val_acc', float('nan')):.3f} | {m['test_acc']:.3f} |")
+    print(f"\nderived: {arch.describe()}; keep = {arch.spec['keep']}; run dir {out_dir}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=["speed", "tiny", "all"], default="all")
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--budget-frac", type=float, default=0.6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="run directory of the tiny search (default: a temp dir)")
+    args = ap.parse_args()
+    if args.part in ("speed", "all"):
+        speed(args.depth, args.batch, args.reps, args.device)
+    if args.part in ("tiny", "all"):
+        tiny(args.budget_frac, args.out, args.device, args.seed)
+
+
+if __name__ == "__main__":
+    main()
