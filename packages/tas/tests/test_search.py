@@ -100,11 +100,11 @@ def test_retrain_with_kd_trains_the_teacher_first_and_reuses_it(tmp_path: Path) 
     _, arch = run_search("tas", _task(), out=tmp_path / "s", preset="tiny", overrides=MICRO, progress=False)
     assert teacher_arch(arch).spec == base_spec("resnet20")
     over = {"epochs": 1, "batch_size": 16, "eval_every": 0}
-    res = retrain_with_kd(arch, ds, out=tmp_path / "kd", overrides=over, progress=False)
+    res = retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, progress=False)
     teacher = tmp_path / "kd-teacher"
     assert (teacher / "model.pt").is_file() and (tmp_path / "kd" / "model.pt").is_file()
     assert load_model(teacher).fc.in_features == 64  # the unpruned ResNet-20
     assert res.arch == arch
     stamp = (teacher / "model.pt").stat().st_mtime_ns
-    retrain_with_kd(arch, ds, out=tmp_path / "kd", overrides=over, overwrite=True, progress=False)
+    retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, overwrite=True, progress=False)
     assert (teacher / "model.pt").stat().st_mtime_ns == stamp  # the trained teacher is reused

@@ -9,12 +9,12 @@ tau anneals 5 -> 0.1 by cosine over the epochs. The halves are a 50/50 per-class
 set. The FLOP target is `task.budget.macs` or `prune_ratio` x the unpruned MACs, with a band of
 `flop_tolerance` x the unpruned MACs below it.
 
-Derive: the argmax width per conv and depth per stage (a "resnet"-space Arch). If the final argmax net
-is not within the tolerance of the target (|MACs - target| <= tolerance), the last argmax net the search
-visited inside the loss's zero band [target - tolerance, target] is returned instead (as the official
-code also keeps a "best" config within the tolerance), or, if there was none and the final net is over
-target + tolerance, the last visited argmax net under the target; `result.metrics["derived_from"]`
-says which ("final", "last-in-band", "last-under-target").
+Derive: the argmax width per conv and depth per stage (a "resnet"-space Arch), when that net lies in
+the FLOP loss's zero band [target - tolerance, target] (the search's own "on target"). Otherwise the
+last argmax net the search visited inside that band is returned (the official code also keeps a "best"
+config within the tolerance), or, if there was none and the final net is over target + tolerance, the
+last visited argmax net under the target. `result.metrics["derived_from"]` says which ("final",
+"last-in-band", "last-under-target"); `within_tolerance` is |MACs - target| <= tolerance.
 """
 from __future__ import annotations
 
@@ -168,12 +168,13 @@ class TASSearch:
         macs = shapes_macs(resnet_conv_shapes(spec, net["input"], net["num_classes"]))
         target, tol = st["target_macs"], st["tolerance_macs"]
         source = "final"
-        if abs(macs - target) > tol:
+        if not target - tol <= macs <= target:  # the final net is outside the loss's zero band
+            key = None
             if st["band_found"]:
-                source, key = "last-in-band", "band"
+                key, source = "band", "last-in-band"
             elif macs > target + tol and st["feasible_found"]:
-                source, key = "last-under-target", "feasible"
-            if source != "final":
+                key, source = "feasible", "last-under-target"
+            if key is not None:
                 spec = spec_from_indices(layout, st[f"{key}_width_index"], st[f"{key}_depth_index"])
                 macs = shapes_macs(resnet_conv_shapes(spec, net["input"], net["num_classes"]))
         result.metrics.update({"derived_from": source, "derived_macs": float(macs),
