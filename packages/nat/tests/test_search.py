@@ -178,3 +178,11 @@ def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
         ref = net.eval().forward_sparse(x, choice, choice) if bn == "running" else \
             net.train().forward_sparse(x, choice, choice)
     torch.testing.assert_close(out, ref)
+
+
+def test_sample_and_score_hook_for_the_harness(trained: tuple[Path, Arch]) -> None:
+    run_dir, _ = trained
+    pairs = NATSearch().sample_and_score(run_dir, _task(), 3, seed=0)
+    assert len(pairs) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pairs)
+    assert len({a.digest for a, _ in pairs}) == 3
+    assert pairs[0][0].build() is not None

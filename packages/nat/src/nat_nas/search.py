@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_common.arch import Arch, get_arch
-from nas_common.config import Config
+from nas_common.config import Config, resolve_config
 from nas_common.costs.tables import op_costs
 from nas_common.data import make_loader
 from nas_common.errors import ArchFileError, ConfigError, NASError, RunError
@@ -496,6 +496,24 @@ class NATSearch:
     def _net(config: NATConfig, task: Task) -> dict[str, Any]:
         return {"C": config.net_C, "layers": config.net_layers, "auxiliary": config.net_auxiliary,
                 "num_classes": task.num_classes, "input": list(task.input_shape)}
+
+    # ---- the harness's ranking hook ---------------------------------------------------------------------
+    def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int) -> list[tuple[Arch, float]]:
+        """`n` architectures from NAT's uniform prior with their held-out accuracy under the shared weights
+        of a finished search in `run_dir` (for Kendall's tau between supernet and stand-alone accuracy)."""
+        import tomllib
+
+        cfg_file = Path(run_dir) / "config.toml"
+        saved = tomllib.loads(cfg_file.read_text()).get("config", {}) if cfg_file.is_file() else {}
+        config = resolve_config(NATConfig, preset=None, file=saved)
+        parts = self._load_policy(str(run_dir), task, task.device)
+        gen = torch.Generator().manual_seed(seed)
+        pairs = [CellPair(random_cell(gen, parts.primitives, parts.steps),
+                          random_cell(gen, parts.primitives, parts.steps)) for _ in range(n)]
+        _, p_split = task.dataset.train.split(config.weight_fraction, seed=config.split_seed)
+        accs = self._accuracies(parts, pairs, p_split, config, task, None)
+        net = self._net(config, task)
+        return [(Arch("darts", pair.to_spec(), net), acc) for pair, acc in zip(pairs, accs)]
 
     # ---- derive ----------------------------------------------------------------------------------------
     def derive(self, result: SearchResult) -> Arch:
