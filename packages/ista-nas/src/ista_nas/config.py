@@ -72,7 +72,8 @@ class ISTAConfig(Config):
         "paper": {},
         # cifar10-mini on a laptop CPU: a few minutes (two-stage); one-stage at the same small size
         "tiny": {
-            "C": 8, "layers": 5, "epochs": 10, "batch_size": 64, "lr": 0.05,
+            "C": 4, "layers": 4, "epochs": 6, "batch_size": 64, "lr": 0.05,
+            "lasso_tol": 1e-2, "lasso_max_iter": 5000,
             "eval_C": 16, "eval_layers": 8,
             "one_stage": {"batch_size": 64, "epochs": 5, "max_search_epochs": 10, "cutout": 0,
                           "freeze_tol": 1e-2, "max_params": 1e9},

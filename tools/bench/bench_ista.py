@@ -1,0 +1,224 @@
+"""ISTA-NAS cost benchmarks: the sparse search step against the dense DARTS supernet and against the
+discrete network it selects, and the LASSO recovery of all nodes.
+
+    python -m tools.bench.bench_ista [--device cpu|cuda] [--C 16] [--layers 8] [--batch 64]
+    python -m tools.bench.bench_ista --tiny-search      # also time the `tiny` two-stage search
+
+Defaults are the paper's search setting (8 cells, C 16, batch 64 as in the issue). One *search step*
+is what ISTA-NAS does per batch: a b step (forward + backward to b + Adam) on a validation batch and a
+weight step (forward + backward + SGD) on a training batch of the sparse supernet (2 ops per node).
+It is compared with
+  (a) the same step of the dense DARTS supernet of the same space and size (every op on every edge,
+      softmax-weighted; an α step and a weight step): time and activation memory;
+  (b) two training steps of the discrete network the current selection describes (the DARTS
+      evaluation network of that genotype at the same C and layers, no auxiliary head): time.
+Activation memory is the bytes autograd saves for backward during the forward of the weight step
+(unique storages; device independent), and on CUDA also the peak allocated memory above the weights.
+LASSO: the time and iterations to recover z for all 8 nodes from b at its initial scale and larger.
+Prints markdown tables (median over --iters steps after --warmup).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nas_common.device import resolve_device
+from nas_common.runs import device_name
+from nas_common.spaces.darts import DartsNetwork, DartsSupernet, spec_to_genotype
+
+from ista_nas import ISTA_PRIMITIVES, CompressedCode, genotype_from_support
+from ista_nas.network import search_supernet
+
+from .table import markdown_table
+
+
+def _time(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward while fn() runs (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = max(seen.get(st.data_ptr(), 0), st.nbytes())
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def _cuda_peak(fn: Callable[[], None], device: torch.device) -> float:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return float(torch.cuda.max_memory_allocated(device) - base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default=None)
+    p.add_argument("--C", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (1: steady on a shared machine)")
+    p.add_argument("--tiny-search", action="store_true", help="also time the tiny preset's two-stage search")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    C, L, B, S = args.C, args.layers, args.batch, args.size
+    x = torch.randn(B, 3, S, S, device=device)
+    y = torch.randint(0, 10, (B,), device=device)
+
+    # ---- the sparse ISTA-NAS search network and its step
+    sparse = search_supernet(C, 10, L, 4, 3).to(device)
+    code = CompressedCode(seed=0).to(device)
+    z, _ = code.recover(1e-5)
+    code.set_code(z)
+    support = code.support.tolist()
+    w_opt = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    b_opt = torch.optim.Adam([code.b], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def sparse_forward() -> torch.Tensor:
+        return F.cross_entropy(sparse.forward_sparse(x, *code.choices(support=support)), y)
+
+    def ista_step() -> None:
+        loss_v = sparse_forward()
+        b_opt.zero_grad(set_to_none=True)
+        (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
+        b_opt.step()
+        with torch.no_grad():
+            w = code.weights()
+        loss = F.cross_entropy(sparse.forward_sparse(x, *code.choices(w, support)), y)
+        w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sparse.parameters(), 5.0)
+        w_opt.step()
+
+    # ---- the dense DARTS supernet of the same space (7 ops, softmax weights) and its step
+    dense = DartsSupernet(C, 10, L, primitives=ISTA_PRIMITIVES).to(device)
+    alpha = torch.nn.Parameter(1e-3 * torch.randn(2, dense.n_edges, dense.n_ops, device=device))
+    d_opt = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam([alpha], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def dense_forward() -> torch.Tensor:
+        wn, wr = F.softmax(alpha, -1).unbind(0)
+        return F.cross_entropy(dense(x, wn, wr), y)
+
+    def darts_step() -> None:
+        loss_v = dense_forward()
+        a_opt.zero_grad(set_to_none=True)
+        (alpha.grad,) = torch.autograd.grad(loss_v, [alpha])
+        a_opt.step()
+        wn, wr = F.softmax(alpha.detach(), -1).unbind(0)
+        loss = F.cross_entropy(dense(x, wn, wr), y)
+        d_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dense.parameters(), 5.0)
+        d_opt.step()
+
+    # ---- the discrete network of the current selection: two training steps
+    spec = genotype_from_support(support)
+    discrete = DartsNetwork(C, 10, L, spec_to_genotype(spec), auxiliary=False).to(device)
+    n_opt = torch.optim.SGD(discrete.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+
+    def discrete_forward() -> torch.Tensor:
+        return F.cross_entropy(discrete(x), y)
+
+    def two_discrete_steps() -> None:
+        for _ in range(2):
+            loss = discrete_forward()
+            n_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            n_opt.step()
+
+    sparse.train(), dense.train(), discrete.train()
+    t_ista = _time(ista_step, device, args.warmup, args.iters)
+    t_darts = _time(darts_step, device, args.warmup, args.iters)
+    t_disc = _time(two_discrete_steps, device, args.warmup, args.iters)
+    m_ista = _saved_bytes(sparse_forward)
+    m_darts = _saved_bytes(dense_forward)
+    m_disc = _saved_bytes(discrete_forward)
+    rows = [
+        ["ISTA-NAS sparse search step (b + w)", f"{t_ista * 1e3:.1f}", f"{m_ista / 2**20:.1f}", "1.00", "1.00"],
+        ["DARTS dense supernet step (α + w)", f"{t_darts * 1e3:.1f}", f"{m_darts / 2**20:.1f}",
+         f"{t_darts / t_ista:.1f}x", f"{m_darts / m_ista:.1f}x"],
+        ["2 training steps of the selected discrete net", f"{t_disc * 1e3:.1f}", f"{m_disc / 2**20:.1f}",
+         f"{t_disc / t_ista:.2f}x", f"{m_disc / m_ista:.2f}x"],
+    ]
+    print(f"\n### ISTA-NAS search step: {C=} layers={L} batch={B} {S}x{S} on {device_name(device)}, "
+          f"torch {torch.__version__}\n")
+    print(markdown_table(["step", "time (ms)", "saved activations (MiB)", "time vs ISTA", "memory vs ISTA"], rows))
+    print(f"\n(a) dense / sparse: {t_darts / t_ista:.1f}x time (target >= 10x), {m_darts / m_ista:.1f}x activation "
+          f"memory (target >= 4x); (b) sparse step / two discrete steps: {t_ista / t_disc:.2f}x (target <= 1.5x)")
+    if device.type == "cuda":
+        p_ista = _cuda_peak(ista_step, device)
+        p_darts = _cuda_peak(darts_step, device)
+        print(f"CUDA peak memory above the weights: ISTA {p_ista / 2**20:.1f} MiB, DARTS {p_darts / 2**20:.1f} MiB "
+              f"({p_darts / max(p_ista, 1):.1f}x)")
+
+    # ---- LASSO recovery of all nodes
+    lrows = []
+    for scale in (1.0, 10.0, 100.0):
+        c2 = CompressedCode(seed=0).to(device)
+        with torch.no_grad():
+            c2.b.mul_(scale)
+        for method in ("fista", "ista"):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            z2, res = c2.recover(1e-5, warm_start=False, method=method)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            lrows.append([f"{1e-3 * scale:g}", method, str(res.iterations), f"{int(res.converged.sum())}/8",
+                          f"{(time.perf_counter() - t) * 1e3:.0f}"])
+    print("\n### LASSO recovery of all 8 nodes (2 cell types x 4 nodes, m 7, n 14..35, γ 1e-5)\n")
+    print(markdown_table(["b scale (std)", "solver", "iterations", "converged", "time (ms)"], lrows))
+
+    if args.tiny_search:
+        import tempfile
+
+        from nas_common import Task, get_dataset
+        from nas_common.search import run_search
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            _, arch = run_search("ista-nas", Task(get_dataset("cifar10-mini"), device=device), out=Path(tmp) / "run",
+                                 preset="tiny", progress=False)
+            dt = time.perf_counter() - t
+        print(f"\n### tiny preset two-stage search on cifar10-mini: {dt:.0f} s ({dt / 60:.1f} min) on "
+              f"{device_name(device)}; found {arch.describe()}")
+
+
+if __name__ == "__main__":
+    main()
