@@ -267,3 +267,16 @@ def test_config_rejects_bad_values() -> None:
         resolve_config(PosteriorConfig, "paper", overrides=["p_init=1.5"])
     with pytest.raises(ConfigError, match="regulariser"):
         resolve_config(PosteriorConfig, "paper", overrides=["regulariser=full"])
+
+
+def test_infeasible_budget_fails_before_training() -> None:
+    from types import SimpleNamespace
+
+    from nas_common.errors import BudgetError
+    from posterior_nas.search import _check_budget_feasible
+
+    space, net = _space_net("supnet-m")
+    floor, _ = space.plan(net).costs(torch.zeros(1, space.plan(net).num_channels, dtype=torch.bool))
+    _check_budget_feasible(space, net, SimpleNamespace(budget=Budget(macs=float(floor[0]))))
+    with pytest.raises(BudgetError, match="every searched channel dropped"):
+        _check_budget_feasible(space, net, SimpleNamespace(budget=Budget(macs=float(floor[0]) - 1)))

@@ -106,6 +106,20 @@ def supernet_net(config: PosteriorConfig, task: Task) -> dict[str, Any]:
     return space.validate_net(net)
 
 
+def _check_budget_feasible(space: Any, net_cfg: dict[str, Any], task: Task) -> None:
+    """Fail before training when even the smallest network of the supernet (every group dropped:
+    stem, skips, classifier) breaks the budget."""
+    if not task.budget.is_set:
+        return
+    plan = space.plan(net_cfg)
+    macs, params = plan.costs(torch.zeros(1, plan.num_channels, dtype=torch.bool))
+    floor = {"macs": float(macs[0]), "params": float(params[0])}
+    over = task.budget.violations(floor)
+    if over:
+        raise BudgetError(f"no network of {space.name} {net_cfg} fits the budget: even with every searched "
+                          f"channel dropped, {'; '.join(over)}; raise the budget or use a smaller supernet")
+
+
 class PosteriorSearch:
     """One-shot NAS through a posteriori distribution guided sampling (Zhou et al., AAAI 2020)."""
 
@@ -117,6 +131,7 @@ class PosteriorSearch:
         space = get_supnet_space(config.space)
         net_cfg = supernet_net(config, task)
         train_split, held_split = task.dataset.train.split(1.0 - config.val_fraction, seed=task.seed)
+        _check_budget_feasible(space, net_cfg, task)
         net: SupNet = space.supernet(net_cfg, p_init=config.p_init, temperature=config.temperature).to(dev)
         gates = list(net.gates.values())
         p_params = [g.p_logit for g in gates]
