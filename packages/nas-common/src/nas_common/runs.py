@@ -171,6 +171,7 @@ class Run:
             if _strip_volatile(old) != _strip_volatile(new):
                 raise RunError(f"{str(p)!r} was made with a different config; resume with the same options "
                                f"or pass --overwrite to start again")
+        dist.barrier()  # every rank has looked at the directory before rank 0 changes it (else ranks disagree)
         if dist.is_main():
             if overwrite and holds_run:
                 for f in (*_RUN_FILES, "arch.json", "tb", "model.pt"):
