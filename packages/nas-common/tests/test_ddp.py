@@ -44,6 +44,7 @@ SCRIPT = textwrap.dedent('''
     if dist.is_main():
         torch.save({"state": model.state_dict(), "metrics": m, "history": tr.history}, out + "/final.pt")
     run.close()
+    dist.barrier()
     dist.cleanup()
 ''')
 

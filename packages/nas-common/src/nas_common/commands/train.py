@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
                          resume=args.resume, overwrite=args.overwrite, adapt=args.adapt, data_dir=args.data_dir,
                          download=args.download, progress=not quiet, verbose=not quiet)
         main = dist.is_main()
+        dist.barrier()  # leave the process group together: a rank tearing it down early can abort the others
     finally:
         dist.cleanup()
     if not main:
