@@ -101,19 +101,23 @@ def lasso(A: torch.Tensor, b: torch.Tensor, gamma: float = 1e-5, *, mask: torch.
     z = torch.zeros(K, n, dtype=torch.float64, device=A.device) if z0 is None else z0.detach().to(A.device, torch.float64) * keep
     y = z.clone()
     t = torch.ones(K, 1, dtype=torch.float64, device=A.device)
-    step_ = step.unsqueeze(-1)
+    # one iteration is v = y − step·(gram y − Aᵀb) = M y + c, then soft thresholding at ±thr
+    M = torch.eye(n, dtype=torch.float64, device=A.device) - step.view(K, 1, 1) * gram
+    c = (step.unsqueeze(-1) * Atb).unsqueeze(-1)
+    lo, hi = -thr, thr
     done = torch.zeros(K, 1, dtype=torch.bool, device=A.device)
     it = 0
     for it in range(1, max_iter + 1):
-        grad = (gram @ y.unsqueeze(-1)).squeeze(-1) - Atb
-        z_new = soft_threshold(y - step_ * grad, thr) * keep
+        v = torch.baddbmm(c, M, y.unsqueeze(-1)).squeeze(-1)
+        z_new = v - v.clamp(lo, hi)  # soft threshold (padded entries stay 0: their rows of M are identity)
         if method == "fista":
-            t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            y_new = z_new + ((t - 1.0) / t_new) * (z_new - z)
+            d = z_new - z
             # adaptive restart: drop the momentum of a node whose step went against its last move
-            restart = ((y - z_new) * (z_new - z)).sum(-1, keepdim=True) > 0
-            y = torch.where(restart, z_new, y_new)
-            t = torch.where(restart, torch.ones_like(t_new), t_new)
+            restart = ((y - z_new) * d).sum(-1, keepdim=True) > 0
+            t_new = 0.5 + torch.sqrt(0.25 + t * t)
+            beta = ((t - 1.0) / t_new).masked_fill(restart, 0.0)
+            t = t_new.masked_fill(restart, 1.0)
+            y = torch.addcmul(z_new, beta, d)
         else:
             y = z_new
         z = torch.where(done, z, z_new)
