@@ -6,7 +6,7 @@ costs come in closed form from the plan, and scoring folds several masks into on
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -75,32 +75,38 @@ def draw_masks(plan: Plan, rates: torch.Tensor, n: int, generator: torch.Generat
 
 
 @torch.no_grad()
-def score_masks(net: SupNet, masks: torch.Tensor, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+def score_masks(net: SupNet, masks: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 fold: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean cross-entropy (each (M,)) of the supernet under each hard mask, on `batches`.
 
-    The supernet runs in eval mode with its trained weights (no fine-tuning). Masks are folded into
-    the batch: with image batches of b images, max(1, fold // b) masks share one forward pass.
+    `batches` is a list of (x, y) or any re-iterable loader (read once per group of masks). The
+    supernet runs in eval mode with its trained weights (no fine-tuning). Masks are folded into the
+    batch: with image batches of b images, max(1, fold // b) masks share one forward pass.
     """
     net.eval()
     M = masks.shape[0]
     dev = masks.device
     correct = torch.zeros(M, device=dev)
     loss = torch.zeros(M, device=dev)
-    total = sum(int(y.shape[0]) for _, y in batches)
-    if M == 0 or total == 0:
+    if M == 0:
         return correct, loss
-    b = max(int(y.shape[0]) for _, y in batches)
-    per = max(1, fold // b)
+    first = next(iter(batches), None)
+    if first is None:
+        return correct, loss
+    per = max(1, fold // int(first[1].shape[0]))
+    total = 0
     for start in range(0, M, per):
         chunk = masks[start:start + per]
         m = chunk.shape[0]
+        seen = 0
         with net.masked(chunk):
             for x, y in batches:
                 out = net(x.repeat(m, 1, 1, 1))
                 yy = y.repeat(m)
                 correct[start:start + m] += (out.argmax(1) == yy).view(m, -1).sum(1).to(correct.dtype)
                 loss[start:start + m] += F.cross_entropy(out.float(), yy, reduction="none").view(m, -1).sum(1)
+                seen += int(y.shape[0])
+        total = seen
     return correct / total, loss / total
 
 

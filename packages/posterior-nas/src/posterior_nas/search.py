@@ -152,7 +152,8 @@ class PosteriorSearch:
 
         loader = make_loader(train_split, config.batch_size, train=True, device=dev, cutout=config.cutout,
                              seed=task.seed)
-        held = list(make_loader(held_split, config.batch_size, train=False, device=dev))
+        held_loader = make_loader(held_split, config.batch_size, train=False, device=dev)
+        held = list(held_loader) if held_split.in_memory else held_loader  # small sets: batches cut once
         l2, N = config.resolved_l2(), config.resolved_N()
         t0 = time.time()
         for epoch in range(start, config.epochs):
@@ -181,7 +182,7 @@ class PosteriorSearch:
 
         return self._sample(net, space, net_cfg, held, task, config, run)
 
-    def _sample(self, net: SupNet, space: Any, net_cfg: dict[str, Any], held: list, task: Task,
+    def _sample(self, net: SupNet, space: Any, net_cfg: dict[str, Any], held: Any, task: Task,
                 config: PosteriorConfig, run: Run) -> SearchResult:
         """Posterior-guided sampling (and the uniform baseline): the best mask becomes the result."""
         dev = task.device
