@@ -38,19 +38,23 @@ from ista_nas.network import search_supernet
 from .table import markdown_table
 
 
-def _time(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _time_interleaved(fns: list[Callable[[], None]], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Median seconds of each fn, measured round-robin so that load changes on a shared machine hit all
+    of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[k].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
 
 
 def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -163,9 +167,8 @@ def main(argv: list[str] | None = None) -> None:
             n_opt.step()
 
     sparse.train(), dense.train(), discrete.train()
-    t_ista = _time(ista_step, device, args.warmup, args.iters)
-    t_darts = _time(darts_step, device, args.warmup, args.iters)
-    t_disc = _time(two_discrete_steps, device, args.warmup, args.iters)
+    t_ista, t_darts, t_disc = _time_interleaved([ista_step, darts_step, two_discrete_steps], device,
+                                                args.warmup, args.iters)
     m_ista = _saved_bytes(sparse_forward)
     m_darts = _saved_bytes(dense_forward)
     m_disc = _saved_bytes(discrete_forward)
