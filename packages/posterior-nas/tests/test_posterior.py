@@ -280,3 +280,21 @@ def test_infeasible_budget_fails_before_training() -> None:
     _check_budget_feasible(space, net, SimpleNamespace(budget=Budget(macs=float(floor[0]))))
     with pytest.raises(BudgetError, match="every searched channel dropped"):
         _check_budget_feasible(space, net, SimpleNamespace(budget=Budget(macs=float(floor[0]) - 1)))
+
+
+def test_sample_and_score_hook(tmp_path) -> None:
+    """The harness's ranking hook returns distinct networks with their inherited-weight accuracy."""
+    from nas_common import Task, get_dataset
+    from nas_common.search import run_search
+    from posterior_nas import PosteriorSearch
+
+    micro = {"width": 4, "blocks": [1, 1, 1], "stem": 4, "epochs": 1, "batch_size": 16, "val_fraction": 0.25,
+             "num_samples": 4, "uniform_baseline": False}
+    task = Task(get_dataset("cifar10-mini").subset(64, 32))
+    run_search("posterior-nas", task, out=tmp_path / "run", preset="tiny", overrides=micro, progress=False)
+    pairs = PosteriorSearch().sample_and_score(tmp_path / "run", task, 3, seed=0)
+    assert 1 <= len(pairs) <= 3
+    assert len({a.digest for a, _ in pairs}) == len(pairs)
+    for arch, acc in pairs:
+        assert 0.0 <= acc <= 1.0
+        assert arch.build()(torch.randn(1, 3, 32, 32)).shape == (1, 10)

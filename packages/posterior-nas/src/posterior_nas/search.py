@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from nas_common.arch import Arch
-from nas_common.config import Config
+from nas_common.config import Config, config_from_dict
 from nas_common.data import make_loader
-from nas_common.errors import BudgetError, ConfigError
+from nas_common.errors import BudgetError, ConfigError, RunError
 from nas_common.methods import SearchResult, Task
 from nas_common.runs import Run
 
@@ -224,6 +225,30 @@ class PosteriorSearch:
             "supernet": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         }
         return SearchResult(method=self.name, state=state, metrics=metrics, config=config.to_dict())
+
+    def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int = 0) -> list[tuple[Arch, float]]:
+        """The harness's ranking hook: n distinct networks drawn from a finished run's posterior, each
+        with its held-out accuracy under the inherited weights (for Kendall's tau vs stand-alone)."""
+        ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+        if not ckpt.exists():
+            raise RunError(f"{ckpt} does not exist: give the --out of a finished posterior-nas search")
+        state = torch.load(ckpt, map_location=task.device, weights_only=False)
+        config = config_from_dict(PosteriorConfig, state["config"])
+        space = get_supnet_space(config.space)
+        net_cfg = supernet_net(config, task)
+        net: SupNet = space.supernet(net_cfg, p_init=config.p_init, temperature=config.temperature).to(task.device)
+        net.load_state_dict(state["model"])
+        _, held_split = task.dataset.train.split(1.0 - config.val_fraction, seed=task.seed)
+        held = list(make_loader(held_split, config.batch_size, train=False, device=task.device))
+        gen = torch.Generator(device=task.device).manual_seed(seed * 1_000_003 + 47)
+        draws = net.plan.effective(draw_masks(net.plan, channel_rates(net), 50 * n, gen).masks)
+        first: dict[bytes, int] = {}
+        for i, row in enumerate(draws.cpu().numpy()):
+            first.setdefault(row.tobytes(), i)
+        masks = draws[sorted(first.values())[:n]]
+        acc, _ = score_masks(net, masks, held, fold=config.score_batch)
+        return [(Arch(space.name, space.spec_of(m, net_cfg), net_cfg, method=self.name), float(a))
+                for m, a in zip(masks, acc)]
 
     def derive(self, result: SearchResult) -> Arch:
         """The best sampled mask as a physically pruned network of the supernet."""
