@@ -108,3 +108,35 @@ def test_retrain_with_kd_trains_the_teacher_first_and_reuses_it(tmp_path: Path) 
     stamp = (teacher / "model.pt").stat().st_mtime_ns
     retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, overwrite=True, progress=False)
     assert (teacher / "model.pt").stat().st_mtime_ns == stamp  # the trained teacher is reused
+
+
+def _small_images(n: int = 128, side: int = 16) -> Task:
+    """Random 16x16 images in 10 classes: the FLOP target is what is tested, not accuracy (4x cheaper)."""
+    import numpy as np
+    from nas_common.data.datasets import from_arrays
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(n, side, side, 3), dtype=np.uint8)
+    y = np.arange(n) % 10
+    return Task(from_arrays("small", x, y, x[:16], y[:16]))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.3])
+def test_derived_net_is_within_tolerance_of_the_target(tmp_path: Path, ratio: float) -> None:
+    """A user who asks for half (or 30%) of the MACs gets it, within the tolerance (5% of the base MACs)."""
+    task = _small_images()
+    over = {**MICRO, "epochs": 3, "batch_size": 8, "max_steps_per_epoch": 8, "prune_ratio": ratio}
+    result, arch = run_search("tas", task, out=tmp_path / "r", preset="tiny", overrides=over, progress=False)
+    m = result.metrics
+    assert m["target_macs"] == pytest.approx(ratio * m["base_macs"])
+    assert abs(arch.costs["macs"] - m["target_macs"]) <= m["tolerance_macs"], (arch.costs["macs"], m)
+    assert m["within_tolerance"]
+
+
+def test_budget_macs_sets_the_target(tmp_path: Path) -> None:
+    task = _small_images()
+    base = 40_813_184 / 4  # ResNet-20 on 16x16 inputs
+    task.budget = Budget(macs=0.4 * base)
+    over = {**MICRO, "epochs": 3, "batch_size": 8, "max_steps_per_epoch": 8}
+    result, arch = run_search("tas", task, out=tmp_path / "b", preset="tiny", overrides=over, progress=False)
+    assert result.metrics["target_macs"] == 0.4 * base and result.metrics["base_macs"] == pytest.approx(base, rel=0.01)
+    assert arch.costs["macs"] <= 0.4 * base + result.metrics["tolerance_macs"]
