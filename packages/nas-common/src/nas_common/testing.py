@@ -50,9 +50,11 @@ class SearchMethodTests:
                           overrides=dict(self.micro), progress=False, **kw)
 
     @pytest.fixture(scope="class")
-    def searched(self, tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchResult, Arch, Path]:
+    @classmethod
+    def searched(cls, tmp_path_factory: pytest.TempPathFactory) -> tuple[SearchResult, Arch, Path]:
+        """One micro search shared by the tests of a class (a fresh instance does the work)."""
         out = tmp_path_factory.mktemp("search")
-        result, arch = self.search(out / "run")
+        result, arch = cls().search(out / "run")
         return result, arch, out / "run"
 
     # ---- the standard tests ------------------------------------------------------------------------
