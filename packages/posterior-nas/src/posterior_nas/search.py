@@ -67,7 +67,7 @@ class PosteriorConfig(Config):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {},
         "tiny": {"space": "supnet-m", "width": 8, "blocks": (1, 1, 1), "stem": 8, "stem_stride": 2, "epochs": 15,
-                 "batch_size": 64, "lr": 0.05, "N": 4e3, "p_lr_mult": 20.0, "cutout": 0, "num_samples": 100,
+                 "batch_size": 64, "lr": 0.05, "N": 4e3, "p_lr_mult": 5.0, "cutout": 0, "num_samples": 100,
                  "score_batch": 500},
     }
 
