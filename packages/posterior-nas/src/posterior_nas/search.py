@@ -151,8 +151,9 @@ class PosteriorSearch:
             sched.load_state_dict(state["scheduler"])
             start = int(state["epoch"])
 
+        # a training split smaller than one batch (micro runs) still trains: keep its last, partial batch
         loader = make_loader(train_split, config.batch_size, train=True, device=dev, cutout=config.cutout,
-                             seed=task.seed)
+                             seed=task.seed, drop_last=len(train_split) >= config.batch_size)
         held_loader = make_loader(held_split, config.batch_size, train=False, device=dev)
         held = list(held_loader) if held_split.in_memory else held_loader  # small sets: batches cut once
         l2, N = config.resolved_l2(), config.resolved_N()
