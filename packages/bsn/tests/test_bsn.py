@@ -314,6 +314,7 @@ def test_search_shrinks_towards_budget_and_reports(tmp_path) -> None:
     assert "macs" in result.state["budgets"]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_distributed_budget_option(tmp_path) -> None:
     from nas_common.search import run_search
 
@@ -321,7 +322,10 @@ def test_distributed_budget_option(tmp_path) -> None:
                               overrides={**TestBSNConformance.micro, "budget_distributed": 2.0,
                                          "distributed_k": 1})
     assert result.state["budgets"] == {"distributed": 2.0}
-    assert "derived_distributed" in result.metrics
+    steps = result.metrics["derived_distributed"]
+    assert steps == arch.provenance["distributed"]
+    over = [o for o in result.metrics["over_budget"] if o.startswith("distributed")]
+    assert bool(over) == (steps > 2.0)  # an over-budget network is reported, never silently accepted
 
 
 # ---- conformance --------------------------------------------------------------------------------
