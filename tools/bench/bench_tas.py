@@ -10,7 +10,8 @@
    on CPU) and process CPU time (what the wall time is on an idle machine, times the threads used),
    and the derived network's MACs against the target and tolerance.
 
-    python -m tools.bench.bench_tas [--batch 64] [--repeats 5] [--device cpu] [--threads N] [--tiny] [--no-step]
+    python -m tools.bench.bench_tas [--batch 64] [--repeats 5] [--device cpu] [--threads N] [--clock wall|cpu]
+                                    [--mix dense gather] [--tiny] [--no-step] [--prune-ratio R]
 """
 from __future__ import annotations
 
@@ -76,13 +77,15 @@ def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
 
         searchers[mix] = (weight_step, arch_step)
 
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
     def timed(fn, n: int = 1) -> float:
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(n):
             fn()
         _sync(device)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     best: dict[str, float] = {}
     for fn in [plain_step, *(f for pair in searchers.values() for f in pair)]:
@@ -120,6 +123,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU time (robust to other jobs on a shared machine; use with --threads 1)")
     ap.add_argument("--mix", nargs="+", default=["dense", "gather"], choices=["dense", "gather"])
     ap.add_argument("--tiny", action="store_true", help="also run the tiny preset on cifar10-mini")
     ap.add_argument("--no-step", action="store_true", help="skip the step-cost table")
@@ -131,7 +136,8 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
     if not args.no_step:
         rows = step_costs(args, device)
-        print(f"TAS step cost, ResNet-56, batch {args.batch} (best of {args.repeats}; target ratio <= 2.0)\n")
+        print(f"TAS step cost, ResNet-56, batch {args.batch} ({args.clock} clock, best of {args.repeats}; "
+              f"target ratio <= 2.0)\n")
         print(markdown_table(["what", "ms", "x 2 plain steps"], rows))
         print()
     if args.tiny:
