@@ -19,7 +19,6 @@ last visited argmax net under the target. `result.metrics["derived_from"]` says 
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import torch
 import torch.nn.functional as F
