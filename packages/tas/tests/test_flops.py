@@ -85,11 +85,11 @@ def test_flop_loss_pushes_the_right_way_outside_the_band() -> None:
             model.width_logits.zero_()
             model.depth_logits.zero_()
         opt = torch.optim.SGD(model.arch_parameters(), lr=1.0)
-        before = float(table(model.width_probs(), model.depth_probs()))
+        before = float(table(model.width_probs(), model.depth_probs()).detach())
         loss = flop_loss(table(model.width_probs(), model.depth_probs()), torch.tensor(current), target, tol)
         assert float(loss) != 0.0
         opt.zero_grad()
         loss.backward()
         opt.step()
-        after = float(table(model.width_probs(), model.depth_probs()))
+        after = float(table(model.width_probs(), model.depth_probs()).detach())
         assert (after - before) * direction > 0, (current, before, after)
