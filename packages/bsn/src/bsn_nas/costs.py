@@ -51,13 +51,16 @@ def cost_table(graph: SuperGraph) -> CostTable:
     n = len(graph.nodes)
     macs = torch.zeros(n, dtype=torch.float64)
     params = torch.zeros(n, dtype=torch.float64)
-    for i, node in enumerate(graph.nodes):
-        if node.kind != "module":
-            continue
-        m = make_op(node.op)
-        macs[i] = float(count_macs(m, graph.nodes[node.inputs[0]].shape))
-        params[i] = float(count_params(m))
-    stem, head = make_op(graph.stem), make_op(graph.head)
+    # the modules built to be counted draw initial weights: keep the caller's RNG stream untouched, so a
+    # search does not depend on whether this (cached) table was computed before in the process
+    with torch.random.fork_rng(devices=[]):
+        for i, node in enumerate(graph.nodes):
+            if node.kind != "module":
+                continue
+            m = make_op(node.op)
+            macs[i] = float(count_macs(m, graph.nodes[node.inputs[0]].shape))
+            params[i] = float(count_params(m))
+        stem, head = make_op(graph.stem), make_op(graph.head)
     fixed = {"macs": float(count_macs(stem, graph.input_shape) + count_macs(head, graph.nodes[-1].shape)),
              "params": float(count_params(stem) + count_params(head)), "distributed": 0.0}
     steps = torch.tensor([node.steps for node in graph.nodes], dtype=torch.int64)

@@ -47,7 +47,10 @@ def conv_params(c_in: int, c_out: int, k: int | Sequence[int], groups: int = 1, 
 def _op_costs(op_name: str, C: int, stride: int, H: int, W: int, affine: bool) -> tuple[int, int]:
     from ..registry import OPS
 
-    op = OPS.get(op_name)(C, stride, affine)
+    # building the module draws its initial weights: keep the caller's RNG stream untouched, or a
+    # search would depend on whether this (cached) count ran before in the process
+    with torch.random.fork_rng(devices=[]):
+        op = OPS.get(op_name)(C, stride, affine)
     return count_macs(op, (C, H, W)), count_params(op)
 
 
