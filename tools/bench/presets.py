@@ -33,6 +33,7 @@ PRESETS: dict[str, BenchPreset] = {
     # seconds: checks that everything is wired (the harness's own tests use it)
     "micro": BenchPreset(
         name="micro", dataset="cifar10-mini", n_train=64, n_test=32, method_preset="tiny",
+        method_overrides={"bsn": {"val_size": 16, "batch_size": 16}},
         retrain_preset="tiny", retrain_overrides={"epochs": 1, "batch_size": 32},
         net={"darts": {"C": 4, "layers": 3, "auxiliary": False}},
         baselines=("resnet20",), random_per_space=1, rank_samples=2,
@@ -40,6 +41,7 @@ PRESETS: dict[str, BenchPreset] = {
     ),
     "smoke": BenchPreset(
         name="smoke", dataset="cifar10-mini", n_train=512, n_test=500, method_preset="tiny",
+        method_overrides={"bsn": {"val_size": 64}},
         retrain_preset="tiny", retrain_overrides={"epochs": 1, "batch_size": 64},
         net={"darts": {"C": 8, "layers": 5, "auxiliary": False}},
         baselines=("resnet20", "darts-v2"), random_per_space=1, rank_samples=3,
