@@ -29,6 +29,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="the architecture to transform (NAT): a genotype name or an arch.json; = -o input_arch=ARCH")
     p.add_argument("--policy", default=None, metavar="RUN_DIR",
                    help="reuse the trained policy of an earlier run (NAT); = -o policy=RUN_DIR")
+    p.add_argument("--budget-distributed", default=None, metavar="K:VALUE",
+                   help="distributed-cost budget: at most VALUE steps on K workers (BSN); "
+                        "= -o distributed_k=K -o budget_distributed=VALUE")
     p.add_argument("--prune-ratio", default=None, metavar="R",
                    help="keep this fraction of the base network's MACs (TAS; without --budget-macs); = -o prune_ratio=R")
 
@@ -44,6 +47,14 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"input_arch={args.input_arch}")
     if args.policy is not None:
         overrides.append(f"policy={args.policy}")
+    if args.budget_distributed is not None:
+        k, sep, value = args.budget_distributed.partition(":")
+        if not sep or not k.strip().isdigit():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--budget-distributed {args.budget_distributed!r} must be K:VALUE, e.g. 2:6 "
+                              f"(at most 6 steps on 2 workers)")
+        overrides += [f"distributed_k={k.strip()}", f"budget_distributed={value.strip()}"]
     if args.prune_ratio is not None:
         overrides.append(f"prune_ratio={args.prune_ratio}")
     if not args.json:
