@@ -110,6 +110,11 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
             ax.errorbar([x], [y], yerr=[err], fmt="x", ms=7, color="grey", capsize=3)
             ax.annotate(s["name"], (x, y), textcoords="offset points", xytext=(5, -10), fontsize=6, color="grey")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("MACs (millions, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs cost (★ reference networks, × random archs of the same space)")
