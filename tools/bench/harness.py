@@ -98,13 +98,21 @@ class Harness:
                 "nproc": self.nproc_retrain, **extra}
 
     def search_jobs(self) -> list[dict[str, Any]]:
+        """One search per method and seed; the budget goes to the methods that declare they take it."""
+        from nas_common.registry import get_method
+
         jobs = []
         for m in self.methods:
+            try:
+                kinds = tuple(getattr(get_method(m), "budget_kinds", ()))
+            except Exception:  # noqa: BLE001 - a broken package fails in its own job, recorded there
+                kinds = ()
             for s in self.seeds:
                 jobs.append({**self._base("search", f"search/{m}/s{s}", s), "method": m,
                              "preset": self.preset.method_preset,
                              "overrides": self.preset.method_overrides.get(m, {}),
-                             "budget_macs": self.budget_macs, "budget_params": self.budget_params})
+                             "budget_macs": self.budget_macs if "macs" in kinds else None,
+                             "budget_params": self.budget_params if "params" in kinds else None})
         return jobs
 
     def baseline_jobs(self) -> list[dict[str, Any]]:

@@ -137,6 +137,7 @@ class BSNSearch:
     """Budgeted Super Networks (Veniat & Denoyer, CVPR 2018) as a nas_common search method."""
 
     name: ClassVar[str] = "bsn"
+    budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params")
     config_cls: ClassVar[type] = BSNConfig
 
     # ---- search --------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ class SearchMethod(Protocol):
 
     name: ClassVar[str]
     config_cls: ClassVar[type]
+    # optional: the costs a search can be budgeted on (e.g. ("macs", "params")); the harness passes its
+    # budget only to methods that declare it. Also optional: `sample_and_score(run_dir, task, n, seed)
+    # -> [(Arch, supernet_accuracy)]` for the harness's Kendall-tau ranking check.
 
     def search(self, task: Task, config: Any, run: Run) -> SearchResult: ...
 

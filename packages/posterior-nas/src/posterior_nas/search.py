@@ -125,6 +125,7 @@ class PosteriorSearch:
     """One-shot NAS through a posteriori distribution guided sampling (Zhou et al., AAAI 2020)."""
 
     name: ClassVar[str] = "posterior-nas"
+    budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params")
     config_cls: ClassVar[type] = PosteriorConfig
 
     def search(self, task: Task, config: PosteriorConfig, run: Run) -> SearchResult:

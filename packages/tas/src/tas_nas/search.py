@@ -39,6 +39,7 @@ class TASSearch:
     """Network pruning via Transformable Architecture Search (NeurIPS 2019) on the "resnet" space."""
 
     name = "tas"
+    budget_kinds = ("macs",)  # the harness passes a MACs budget (the FLOPs target); params only warn
     config_cls = TASConfig
 
     # ---- the search ------------------------------------------------------------------------------
