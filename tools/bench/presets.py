@@ -53,6 +53,7 @@ PRESETS: dict[str, BenchPreset] = {
         net={"darts": {"C": 16, "layers": 8, "auxiliary": False}},
         baselines=("resnet20", "resnet56", "darts-v2"), random_per_space=1, rank_samples=3,
         rank_overrides={"epochs": 1, "batch_size": 64},
+        budget_macs=24.49e6,  # 60% of ResNet-20's MACs, for the methods that take a budget
     ),
     "cifar10": BenchPreset(
         name="cifar10", dataset="cifar10", n_train=None, n_test=None, method_preset="paper",
