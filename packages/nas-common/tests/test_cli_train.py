@@ -20,12 +20,6 @@ from nas_common.cli import main
 from nas_common.train import evaluate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_resnet(num_classes: int = 10, input_shape=(3, 32, 32)) -> Arch:

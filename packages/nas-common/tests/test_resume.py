@@ -22,12 +22,6 @@ from nas_common.train import TrainConfig, train_arch
 VOLATILE = {"train_time_s", "train_images_per_s"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_resnet() -> Arch:

@@ -24,13 +24,6 @@ def tiny_resnet(num_classes: int = 10) -> Arch:
     return Arch("resnet", spec, {"num_classes": num_classes, "input": [3, 32, 32]})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine: one intra-op thread is ~10x faster than two busy ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
