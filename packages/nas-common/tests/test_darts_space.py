@@ -20,13 +20,6 @@ SPACE = get_space("darts")
 SMALL = {"C": 4, "layers": 5, "auxiliary": True, "num_classes": 7, "input": [3, 16, 16]}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and the shared CPU is not oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small_net(genotype: Genotype, **kw) -> DartsNetwork:

@@ -19,13 +19,6 @@ NAT_PRIMITIVES = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3"
 ISTA_PRIMITIVES = tuple(p for p in PRIMITIVES if p != "none")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and the shared CPU is not oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make(primitives=PRIMITIVES, **kw) -> DartsSupernet:

@@ -15,13 +15,6 @@ OUR_OPS = ["none", "null", "avg_pool_3x3", "max_pool_3x3", "skip_connect", "sep_
            "sep_conv_7x7", "dil_conv_3x3", "dil_conv_5x5", "conv_1x1", "conv_3x3", "conv_5x5", "conv_7x1_1x7"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and the shared CPU is not oversubscribed."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_primitives_are_the_darts_eight_in_order():
