@@ -4,8 +4,8 @@ Same model (ResNet-20), same data (a cifar10-mini subset), same optimizer (SGD 0
 same batch and the same on-device augmentation (the DeviceLoader: crop + flip); the plain loop is the
 textbook forward / cross-entropy / zero_grad / backward / step. Rows are interleaved and repeated, and
 the best of the repeats is kept, so that load from other processes hurts both sides alike. Target: the
-Trainer at >= 0.95x the plain loop's images/s. On CUDA it also compares AMP (bf16) + channels_last
-with fp32.
+Trainer at >= 0.95x the plain loop's images/s (both NCHW fp32). On CUDA it also compares AMP (bf16) +
+channels_last with fp32; on a CPU, channels_last (the default) with NCHW.
 
     python -m tools.bench.bench_trainer [--images 1024] [--batch 128] [--epochs 1] [--repeats 2] [--threads N]
 """
@@ -129,6 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         print(markdown_table(["Trainer on CUDA", "images/s", "speed-up vs fp32"],
                              [["fp32, NCHW", fp32, 1.0], ["AMP bf16 + channels_last", amp, amp / fp32],
                               ["AMP fp16 (GradScaler) + channels_last", fp16, fp16 / fp32]]))
+    else:
+        nchw = max(rows["Trainer"])
+        nhwc = max(trainer_loop(split, args, device, amp="off", channels_last=True) for _ in range(args.repeats))
+        print()
+        print(markdown_table(["Trainer on the CPU", "images/s", "speed-up vs NCHW"],
+                             [["NCHW (channels_last=false)", nchw, 1.0],
+                              ["channels_last (the default)", nhwc, nhwc / nchw]]))
 
 
 if __name__ == "__main__":
