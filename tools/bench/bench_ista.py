@@ -12,6 +12,10 @@ It is compared with
       softmax-weighted; an α step and a weight step): time and activation memory;
   (b) two training steps of the discrete network the current selection describes (the DARTS
       evaluation network of that genotype at the same C and layers, no auxiliary head): time.
+All three run in channels_last (the library's default; --no-channels-last for NCHW). The ratios
+depend on which ops the selection runs (sep_conv_5x5 costs far more than a pooling), so the first
+table uses the initial selection of seed 0 and a second one repeats the sparse side for the initial
+selections of --selections seeds; forward FLOPs (torch's counter) put the time ratios in context.
 Activation memory is the bytes autograd saves for backward during the forward of the weight step
 (unique storages; device independent), and on CUDA also the peak allocated memory above the weights.
 LASSO: the time and iterations to recover z for all 8 nodes from b at its initial scale and larger.
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from nas_common.device import resolve_device
 from nas_common.runs import device_name
@@ -75,6 +80,13 @@ def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
     return sum(seen.values())
 
 
+def _forward_flops(fn: Callable[[], torch.Tensor]) -> float:
+    """FLOPs torch's formulas count in one forward (convolutions and matmuls: what sets the work)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def _cuda_peak(fn: Callable[[], None], device: torch.device) -> float:
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
@@ -94,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (1: steady on a shared machine)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format for all three networks (the library's default)")
+    p.add_argument("--selections", type=int, default=3, help="also time the initial selections of this many seeds")
     p.add_argument("--tiny-search", action="store_true", help="also time the tiny preset's two-stage search")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -104,33 +119,46 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(B, 3, S, S, device=device)
     y = torch.randint(0, 10, (B,), device=device)
 
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+
     # ---- the sparse ISTA-NAS search network and its step
-    sparse = search_supernet(C, 10, L, 4, 3).to(device)
-    code = CompressedCode(seed=0).to(device)
-    z, _ = code.recover(1e-5)
-    code.set_code(z)
-    support = code.support.tolist()
+    sparse = search_supernet(C, 10, L, 4, 3).to(device, memory_format=fmt)
     w_opt = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-    b_opt = torch.optim.Adam([code.b], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
 
-    def sparse_forward() -> torch.Tensor:
-        return F.cross_entropy(sparse.forward_sparse(x, *code.choices(support=support)), y)
+    def selection(seed: int) -> tuple[CompressedCode, list, torch.optim.Optimizer]:
+        """The code of a search started with `seed` (its initial b, z and top-2 support)."""
+        code = CompressedCode(seed=seed).to(device)
+        z, _ = code.recover(1e-5)
+        code.set_code(z)
+        b_opt = torch.optim.Adam([code.b], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+        return code, code.support.tolist(), b_opt
 
-    def ista_step() -> None:
-        loss_v = sparse_forward()
-        b_opt.zero_grad(set_to_none=True)
-        (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
-        b_opt.step()
-        with torch.no_grad():
-            w = code.weights()
-        loss = F.cross_entropy(sparse.forward_sparse(x, *code.choices(w, support)), y)
-        w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sparse.parameters(), 5.0)
-        w_opt.step()
+    def sparse_step_fn(seed: int) -> tuple[Callable[[], None], Callable[[], torch.Tensor], list]:
+        code, support, b_opt = selection(seed)
+
+        def sparse_forward() -> torch.Tensor:
+            return F.cross_entropy(sparse.forward_sparse(x, *code.choices(support=support)), y)
+
+        def ista_step() -> None:
+            loss_v = sparse_forward()
+            b_opt.zero_grad(set_to_none=True)
+            (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
+            b_opt.step()
+            with torch.no_grad():
+                w = code.weights()
+            loss = F.cross_entropy(sparse.forward_sparse(x, *code.choices(w, support)), y)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(sparse.parameters(), 5.0)
+            w_opt.step()
+
+        return ista_step, sparse_forward, support
+
+    ista_step, sparse_forward, support = sparse_step_fn(0)
 
     # ---- the dense DARTS supernet of the same space (7 ops, softmax weights) and its step
-    dense = DartsSupernet(C, 10, L, primitives=ISTA_PRIMITIVES).to(device)
+    dense = DartsSupernet(C, 10, L, primitives=ISTA_PRIMITIVES).to(device, memory_format=fmt)
     alpha = torch.nn.Parameter(1e-3 * torch.randn(2, dense.n_edges, dense.n_ops, device=device))
     d_opt = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam([alpha], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -152,26 +180,32 @@ def main(argv: list[str] | None = None) -> None:
         d_opt.step()
 
     # ---- the discrete network of the current selection: two training steps
-    spec = genotype_from_support(support)
-    discrete = DartsNetwork(C, 10, L, spec_to_genotype(spec), auxiliary=False).to(device)
-    n_opt = torch.optim.SGD(discrete.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    def discrete_fns(support: list) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+        spec = genotype_from_support(support)
+        discrete = DartsNetwork(C, 10, L, spec_to_genotype(spec), auxiliary=False).to(device, memory_format=fmt)
+        discrete.train()
+        n_opt = torch.optim.SGD(discrete.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
 
-    def discrete_forward() -> torch.Tensor:
-        return F.cross_entropy(discrete(x), y)
+        def discrete_forward() -> torch.Tensor:
+            return F.cross_entropy(discrete(x), y)
 
-    def two_discrete_steps() -> None:
-        for _ in range(2):
-            loss = discrete_forward()
-            n_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            n_opt.step()
+        def two_discrete_steps() -> None:
+            for _ in range(2):
+                loss = discrete_forward()
+                n_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                n_opt.step()
 
-    sparse.train(), dense.train(), discrete.train()
+        return two_discrete_steps, discrete_forward
+
+    two_discrete_steps, discrete_forward = discrete_fns(support)
+    sparse.train(), dense.train()
     t_ista, t_darts, t_disc = _time_interleaved([ista_step, darts_step, two_discrete_steps], device,
                                                 args.warmup, args.iters)
     m_ista = _saved_bytes(sparse_forward)
     m_darts = _saved_bytes(dense_forward)
     m_disc = _saved_bytes(discrete_forward)
+    f_ista, f_darts = _forward_flops(sparse_forward), _forward_flops(dense_forward)
     rows = [
         ["ISTA-NAS sparse search step (b + w)", f"{t_ista * 1e3:.1f}", f"{m_ista / 2**20:.1f}", "1.00", "1.00"],
         ["DARTS dense supernet step (α + w)", f"{t_darts * 1e3:.1f}", f"{m_darts / 2**20:.1f}",
@@ -179,16 +213,35 @@ def main(argv: list[str] | None = None) -> None:
         ["2 training steps of the selected discrete net", f"{t_disc * 1e3:.1f}", f"{m_disc / 2**20:.1f}",
          f"{t_disc / t_ista:.2f}x", f"{m_disc / m_ista:.2f}x"],
     ]
-    print(f"\n### ISTA-NAS search step: {C=} layers={L} batch={B} {S}x{S} on {device_name(device)}, "
-          f"torch {torch.__version__}\n")
+    layout = "channels_last" if args.channels_last else "NCHW"
+    print(f"\n### ISTA-NAS search step: {C=} layers={L} batch={B} {S}x{S} {layout} on {device_name(device)}, "
+          f"torch {torch.__version__}; selection of seed 0\n")
     print(markdown_table(["step", "time (ms)", "saved activations (MiB)", "time vs ISTA", "memory vs ISTA"], rows))
     print(f"\n(a) dense / sparse: {t_darts / t_ista:.1f}x time (target >= 10x), {m_darts / m_ista:.1f}x activation "
-          f"memory (target >= 4x); (b) sparse step / two discrete steps: {t_ista / t_disc:.2f}x (target <= 1.5x)")
+          f"memory (target >= 4x); (b) sparse step / two discrete steps: {t_ista / t_disc:.2f}x (target <= 1.5x). "
+          f"Forward FLOPs dense / sparse: {f_darts / f_ista:.1f}x")
     if device.type == "cuda":
         p_ista = _cuda_peak(ista_step, device)
         p_darts = _cuda_peak(darts_step, device)
         print(f"CUDA peak memory above the weights: ISTA {p_ista / 2**20:.1f} MiB, DARTS {p_darts / 2**20:.1f} MiB "
               f"({p_darts / max(p_ista, 1):.1f}x)")
+
+    # ---- other selections: the ratios depend on which ops the current selection runs
+    if args.selections > 1:
+        srows = []
+        for seed in range(args.selections):
+            step, fwd, sup = (ista_step, sparse_forward, support) if seed == 0 else sparse_step_fn(seed)
+            disc, _ = discrete_fns(sup)
+            t_s, t_d = _time_interleaved([step, disc], device, args.warmup, args.iters)
+            ops = ",".join(ISTA_PRIMITIVES[c % len(ISTA_PRIMITIVES)].replace("_conv", "").replace("_3x3", "3")
+                           .replace("_5x5", "5").replace("skip_connect", "skip")
+                           for cell in sup for node in cell for c in node)
+            srows.append([seed, f"{t_s * 1e3:.1f}", f"{t_darts / t_s:.1f}x", f"{f_darts / _forward_flops(fwd):.1f}x",
+                          f"{t_s / t_d:.2f}x", ops])
+        print(f"\n### the same ratios for the initial selections of seeds 0-{args.selections - 1} "
+              f"(DARTS step {t_darts * 1e3:.1f} ms from above)\n")
+        print(markdown_table(["seed", "sparse step (ms)", "DARTS / sparse time", "DARTS / sparse FLOPs",
+                              "sparse / 2 discrete steps", "selected ops (normal, then reduce)"], srows))
 
     # ---- LASSO recovery of all nodes
     lrows = []

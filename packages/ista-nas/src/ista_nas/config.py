@@ -66,6 +66,9 @@ class ISTAConfig(Config):
     eval_C: int = 36
     eval_layers: int = 20
     eval_auxiliary: bool = True
+    # NHWC memory format for the searched networks: 2x faster search steps on a CPU (mkldnn's NHWC
+    # depthwise convolutions), the usual gain on CUDA; the numbers are the same up to rounding
+    channels_last: bool = True
     one_stage: OneStageConfig = field(default_factory=OneStageConfig)
 
     PRESETS: ClassVar[dict[str, dict]] = {

@@ -36,6 +36,10 @@ def _logits(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _memory_format(config: ISTAConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.preserve_format
+
+
 def _eval_net(config: ISTAConfig, task: Task) -> dict[str, Any]:
     c, h, w = task.input_shape
     return {"C": config.eval_C, "layers": config.eval_layers, "auxiliary": config.eval_auxiliary,
@@ -83,7 +87,8 @@ class ISTASearch:
     def _search_two_stage(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
         device = task.device
         c_in = task.input_shape[0]
-        net = search_supernet(config.C, task.num_classes, config.layers, config.steps, c_in).to(device)
+        net = search_supernet(config.C, task.num_classes, config.layers, config.steps, c_in).to(
+            device, memory_format=_memory_format(config))
         code = self._code(config, task)
         w_opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
@@ -91,8 +96,10 @@ class ISTASearch:
         b_opt = torch.optim.Adam([code.b], lr=config.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
                                  weight_decay=config.arch_weight_decay)
         train_split, valid_split = task.dataset.train.split(config.train_fraction, seed=task.seed)
-        train = make_loader(train_split, config.batch_size, train=True, device=device, seed=task.seed)
-        valid = make_loader(valid_split, config.batch_size, train=True, device=device, seed=task.seed + 1)
+        cl = config.channels_last
+        train = make_loader(train_split, config.batch_size, train=True, device=device, seed=task.seed, channels_last=cl)
+        valid = make_loader(valid_split, config.batch_size, train=True, device=device, seed=task.seed + 1,
+                            channels_last=cl)
 
         start = 0
         state = run.restore()
@@ -163,13 +170,14 @@ class ISTASearch:
         device = task.device
         net_cfg = _eval_net(config, task)
         supernet = one_stage_supernet(config.eval_C, task.num_classes, config.eval_layers, config.steps,
-                                      task.input_shape[0], config.eval_auxiliary).to(device)
+                                      task.input_shape[0], config.eval_auxiliary).to(
+                                          device, memory_format=_memory_format(config))
         code = self._code(config, task)
         w_opt = torch.optim.SGD(supernet.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
         b_opt = torch.optim.Adam([code.b], lr=oc.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
                                  weight_decay=oc.arch_weight_decay)
         loader = make_loader(task.dataset.train, oc.batch_size, train=True, device=device, seed=task.seed,
-                             cutout=oc.cutout)
+                             cutout=oc.cutout, channels_last=config.channels_last)
         frozen = torch.zeros(2, config.steps, dtype=torch.bool, device=device)
         phase, model, t_opt, t_sched, train_start = "search", None, None, None, 0
         start = 0
@@ -313,6 +321,7 @@ class ISTASearch:
                 model = DARTS_BN_SPACE.build(spec, net_cfg).to(device)
             else:
                 model = absorb(supernet, code.weights().detach(), support, spec, net_cfg)
+        model = model.to(memory_format=_memory_format(config))
         opt = torch.optim.SGD(model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(oc.epochs, 1), eta_min=oc.lr_min)
         return model, opt, sched
