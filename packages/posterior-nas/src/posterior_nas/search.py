@@ -66,9 +66,9 @@ class PosteriorConfig(Config):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {},
-        "tiny": {"space": "supnet-m", "width": 8, "blocks": (1, 1, 1), "stem": 8, "stem_stride": 2, "epochs": 15,
+        "tiny": {"space": "supnet-m", "width": 8, "blocks": (1, 1, 1), "stem": 8, "stem_stride": 2, "epochs": 40,
                  "batch_size": 64, "lr": 0.05, "N": 4e3, "p_lr_mult": 5.0, "cutout": 0, "num_samples": 100,
-                 "score_batch": 500},
+                 "score_batch": 500, "val_fraction": 0.2},
     }
 
     def __post_init__(self) -> None:
@@ -212,13 +212,16 @@ class PosteriorSearch:
             "best_params": float(params[i]), "mean_macs": float(macs.mean()), "p_mean": float(rates.mean()),
             "sampling_time_s": time.time() - t0,
         }
+        uniform_best = None
         if config.uniform_baseline:
             gen_u = torch.Generator(device=dev).manual_seed(task.seed * 1_000_003 + 29)
             uni = draw_masks(plan, torch.full_like(rates, float(rates.mean())), C, gen_u, budget,
                              max_draws=config.max_draws_factor * C)
             if uni.masks.shape[0]:
                 acc_u, loss_u = score_masks(net, uni.masks, held, fold=config.score_batch)
-                metrics.update(uniform_best_acc=float(acc_u.max()), uniform_mean_acc=float(acc_u.mean()),
+                j = best_index(acc_u, loss_u)  # the same selection rule as the posterior's
+                uniform_best = uni.masks[j].cpu()
+                metrics.update(uniform_best_acc=float(acc_u[j]), uniform_mean_acc=float(acc_u.mean()),
                                uniform_samples=int(uni.masks.shape[0]))
         run.log(config.epochs, **{f"sampling/{k}": v for k, v in metrics.items()})
         state = {
@@ -226,6 +229,8 @@ class PosteriorSearch:
             "drop_rates": net.drop_rates().detach().cpu(), "groups": list(plan.names),
             "supernet": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         }
+        if uniform_best is not None:
+            state["uniform_best_mask"] = uniform_best
         return SearchResult(method=self.name, state=state, metrics=metrics, config=config.to_dict())
 
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int = 0) -> list[tuple[Arch, float]]:
