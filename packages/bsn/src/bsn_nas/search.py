@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from nas_common.arch import Arch
-from nas_common.config import Config, config_to_dict
-from nas_common.data import make_loader
-from nas_common.errors import BudgetError, ConfigError
+from nas_common.config import Config, config_from_dict, config_to_dict
+from nas_common.data import Split, make_loader
+from nas_common.errors import BudgetError, ConfigError, RunError
 from nas_common.methods import SearchResult, Task
 from nas_common.runs import Run
 
@@ -117,6 +118,22 @@ def check_budgets(graph: SuperGraph, budgets: dict[str, tuple[float, float]], k:
     return floors
 
 
+def data_splits(task: Task, config: BSNConfig) -> tuple[Split, Split | None]:
+    """BSN's split of the training data: the last `val_size` images are held out (None when 0), the rest train.
+
+    The split is positional (the official code's last 5,000 images), so it depends on the config only,
+    not on task.seed; `search` and `sample_and_score` both take it from here.
+    """
+    n_train = len(task.dataset.train)
+    if not 0 <= config.val_size < n_train:
+        raise ConfigError(f"val_size={config.val_size} must be below the {n_train} training images "
+                          f"(e.g. -o val_size={n_train // 10}, or 0 for no validation)")
+    idx = torch.arange(n_train)
+    train_split = task.dataset.train.subset(idx[: n_train - config.val_size])
+    val_split = task.dataset.train.subset(idx[n_train - config.val_size:]) if config.val_size else None
+    return train_split, val_split
+
+
 def lr_at(config: BSNConfig, epoch: int) -> float:
     """Step schedule: lr * gamma^(milestones passed), epochs counted from 0 (0.1 -> 0.01 @150 -> 0.001 @225)."""
     return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
@@ -147,13 +164,7 @@ class BSNSearch:
         table = cost_table(graph)
         budgets = budgets_of(task, config)
         floors = check_budgets(graph, budgets, config.distributed_k)
-        n_train = len(task.dataset.train)
-        if not 0 <= config.val_size < n_train:
-            raise ConfigError(f"val_size={config.val_size} must be below the {n_train} training images "
-                              f"(e.g. -o val_size={n_train // 10}, or 0 for no validation)")
-        idx = torch.arange(n_train)
-        train_split = task.dataset.train.subset(idx[: n_train - config.val_size])
-        val_split = task.dataset.train.subset(idx[n_train - config.val_size:]) if config.val_size else None
+        train_split, val_split = data_splits(task, config)
         if len(train_split) < config.batch_size:
             raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_split)} training images")
         loader = make_loader(train_split, config.batch_size, train=True, device=device, augment=config.augment,
@@ -289,6 +300,43 @@ class BSNSearch:
         model.train(was)
         return float(correct) / max(1, len(split))
 
+    # ---- the harness's ranking hook --------------------------------------------------------------
+    def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int) -> list[tuple[Arch, float]]:
+        """`n` distinct networks drawn from a finished run's learned gate distribution, each with its
+        held-out accuracy under the super network's jointly trained weights (no fine-tuning).
+
+        Gate patterns are drawn i.i.d. from Bernoulli(sigmoid(logits)) of checkpoints/last.pt with a
+        torch.Generator seeded by `seed`; a pattern stands for its sub-network (the modules on an
+        input->output path), so patterns that differ only in dead modules are one network, and patterns
+        that do not connect input and output are no network and are skipped. At most
+        `MAX_DRAWS_PER_ARCH * n` patterns are drawn: a peaked distribution may give fewer than n networks.
+        Each network is scored by the super network with its gates fixed for every example, on the
+        held-out images BSN's search validates on (its last `val_size` training images, `data_splits`),
+        in eval mode. The BatchNorm statistics are used as trained, not recalibrated: BSN accumulates
+        them under per-example samples of this same distribution, and its logged val_acc and the saved
+        model.pt use them unchanged, so the score is the accuracy of the pruned network a run would
+        save for that pattern. Each Arch is what `derive` writes for the pattern.
+        """
+        state, config = load_final_state(run_dir, task.device)
+        graph = supernet_graph(task, config)
+        _, val_split = data_splits(task, config)
+        if val_split is None:
+            raise ConfigError(f"the search in {str(run_dir)!r} held out no images (val_size=0), so there is no data "
+                              f"to score on: search again with -o val_size=N (e.g. the paper's 5000)")
+        model = BSNNetwork(graph, mode=config.execution, gather_below=config.gather_below).to(task.device)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise RunError(f"the super network in {str(run_dir)!r} does not fit dataset {task.dataset.name!r} "
+                           f"({task.num_classes} classes, input {list(task.input_shape)}): score it on the dataset "
+                           f"its search used") from None
+        probs = torch.sigmoid(torch.as_tensor(state["logits"]).detach().float().cpu())
+        patterns = sample_distinct(graph, probs, n, torch.Generator().manual_seed(int(seed)))
+        accs = score_patterns(model, graph, patterns, val_split, config.eval_batch_size, task.device)
+        names = graph.gate_names
+        return [(self._arch(graph, [nm for nm, on in zip(names, row.tolist()) if on], config.distributed_k), acc)
+                for row, acc in zip(patterns, accs)]
+
     # ---- derive --------------------------------------------------------------------------------
     def derive(self, result: SearchResult) -> Arch:
         """Gates with sigmoid(logit) > threshold, modules off every input->output path removed."""
@@ -300,10 +348,94 @@ class BSNSearch:
             warnings.warn("no input->output path has all its gates above the threshold: the derived network is "
                           "the most probable path instead (train longer or lower the penalty)", stacklevel=2)
         keep = self._keep(graph, probs, st.get("threshold", 0.5))
-        costs = pattern_costs(graph, keep, st.get("distributed_k", 2))
-        return Arch(space=st["space"], spec={"keep": keep}, net=dict(st["net"]),
+        return self._arch(graph, keep, st.get("distributed_k", 2))
+
+    def _arch(self, graph: SuperGraph, keep: list[str], k: int) -> Arch:
+        """The arch.json of the connected kept modules `keep` (what `derive` writes; the hook's archs too)."""
+        costs = pattern_costs(graph, keep, k)
+        return Arch(space=graph.space, spec={"keep": list(keep)}, net=dict(graph.net),
                     costs={"macs": costs["macs"], "params": costs["params"]}, method=self.name,
-                    provenance={"distributed_k": st.get("distributed_k", 2), "distributed": costs["distributed"]})
+                    provenance={"distributed_k": k, "distributed": costs["distributed"]})
+
+
+MAX_DRAWS_PER_ARCH = 100  # sample_and_score draws at most this many gate patterns per network asked for
+DRAW_CHUNK = 1024          # patterns drawn at once (fixed, so the draws for n are a prefix of those for 2n)
+
+
+def load_final_state(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], BSNConfig]:
+    """The final checkpoint of a finished BSN search in `run_dir` and its config; RunError otherwise."""
+    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise RunError(f"{ckpt} does not exist: give the --out directory of a finished `nas search bsn` run")
+    try:
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise RunError(f"cannot read checkpoint {ckpt}: {e}; search again into a fresh --out") from None
+    if not isinstance(state, dict) or not {"model", "logits", "config", "epoch"} <= set(state):
+        raise RunError(f"{ckpt} is not a BSN search checkpoint: give the --out directory of a `nas search bsn` run")
+    config = config_from_dict(BSNConfig, state["config"])
+    if int(state["epoch"]) < config.epochs:
+        raise RunError(f"the search in {str(run_dir)!r} stopped after epoch {state['epoch']} of {config.epochs}: "
+                       f"finish it with `nas search bsn ... --out {run_dir} --resume` first")
+    return state, config
+
+
+def sample_distinct(graph: SuperGraph, probs: torch.Tensor, n: int, gen: torch.Generator,
+                    max_draws: int | None = None) -> torch.Tensor:
+    """Up to n distinct connected sub-networks drawn from independent Bernoulli(probs) gates, in draw order.
+
+    Returns a (k, G) bool tensor, k <= n, whose rows are normalised patterns: a gate is on iff its module
+    is on an input->output path, so two rows differ iff their pruned networks differ. Draws stop after
+    n distinct networks or `max_draws` patterns (default MAX_DRAWS_PER_ARCH * n), whichever comes first.
+    """
+    probs = probs.detach().float().cpu()
+    limit = MAX_DRAWS_PER_ARCH * n if max_draws is None else max_draws
+    seen: set[bytes] = set()
+    rows: list[torch.Tensor] = []
+    drawn = 0
+    while len(rows) < n and drawn < limit:
+        size = min(DRAW_CHUNK, limit - drawn)
+        gates = torch.rand(DRAW_CHUNK, len(probs), generator=gen)[:size] < probs
+        drawn += size
+        active = graph.active(gates)
+        pats = active[:, graph.modules][active[:, -1]]  # connected draws, dead modules switched off
+        for row in pats:
+            key = row.numpy().tobytes()
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+                if len(rows) == n:
+                    break
+    return torch.stack(rows) if rows else torch.zeros(0, len(probs), dtype=torch.bool)
+
+
+@torch.no_grad()
+def score_patterns(model: BSNNetwork, graph: SuperGraph, patterns: torch.Tensor, split: Split, batch_size: int,
+                   device: torch.device | str) -> list[float]:
+    """Top-1 accuracy on `split` of the super network with each row of `patterns` as its gates (eval mode).
+
+    Batched: one forward per batch of `batch_size` images and network; when the batch is smaller than
+    `batch_size` (small held-out sets), several networks share one forward, each example running its
+    own network (the per-example gating BSN trains with; eval-mode BatchNorm keeps them independent).
+    """
+    k = patterns.shape[0]
+    if k == 0:
+        return []
+    was = model.training
+    model.eval()
+    act_all = graph.active(patterns.bool().cpu())  # (k, N)
+    correct = torch.zeros(k, dtype=torch.long, device=device)
+    for x, y in make_loader(split, batch_size, train=False, device=device):
+        m = x.shape[0]
+        fold = max(1, batch_size // m)
+        for s in range(0, k, fold):
+            g = min(fold, k - s)
+            act = act_all[s:s + g].repeat_interleave(m, 0)  # network-major: rows [j*m, (j+1)*m) run network s+j
+            xs = x if g == 1 else x.repeat(g, *([1] * (x.dim() - 1)))
+            out = model(xs, active=act)
+            correct[s:s + g] += (out.argmax(1) == y.repeat(g)).view(g, m).sum(1)
+    model.train(was)
+    return [c / max(1, len(split)) for c in correct.tolist()]
 
 
 def most_probable_path(graph: SuperGraph, probs: torch.Tensor) -> list[str]:
@@ -329,5 +461,5 @@ def most_probable_path(graph: SuperGraph, probs: torch.Tensor) -> list[str]:
     return graph.prune(path)
 
 
-__all__ = ["BSNConfig", "BSNSearch", "COST_NAMES", "budgets_of", "check_budgets", "lr_at", "most_probable_path",
-           "reinforce_loss", "supernet_graph"]
+__all__ = ["BSNConfig", "BSNSearch", "COST_NAMES", "budgets_of", "check_budgets", "data_splits", "load_final_state",
+           "lr_at", "most_probable_path", "reinforce_loss", "sample_distinct", "score_patterns", "supernet_graph"]
