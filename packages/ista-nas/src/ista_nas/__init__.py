@@ -10,7 +10,9 @@ method of nas_common; also registers the `darts-bn` space (the one-stage network
 """
 from importlib import metadata as _metadata
 
-from .coding import ISTA_PRIMITIVES, CompressedCode, genotype_from_support, support_weights, top_support
+from .coding import (
+    ISTA_PRIMITIVES, CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports,
+)
 from .config import ISTAConfig, OneStageConfig
 from .lasso import LassoResult, kkt_violation, lasso, lipschitz, soft_threshold
 from .network import DartsBNSpace, absorb
@@ -24,5 +26,5 @@ except _metadata.PackageNotFoundError:  # pragma: no cover
 __all__ = [
     "ISTA_PRIMITIVES", "CompressedCode", "DartsBNSpace", "ISTAConfig", "ISTASearch", "LassoResult",
     "OneStageConfig", "absorb", "genotype_from_support", "kkt_violation", "lasso", "lipschitz",
-    "soft_threshold", "support_weights", "top_support",
+    "soft_threshold", "support_weights", "top_support", "uniform_supports",
 ]

@@ -107,6 +107,33 @@ def top_support(z: torch.Tensor, mask: torch.Tensor, sparsity: int) -> torch.Ten
     return idx.sort(-1).values
 
 
+def uniform_supports(mask: torch.Tensor, n: int, generator: torch.Generator, sparsity: int = 2,
+                     max_rounds: int = 50) -> torch.Tensor:
+    """Up to `n` distinct supports drawn from the uniform prior of the code space, shape (k, 2, steps, sparsity).
+
+    Per node of each cell type, `sparsity` distinct candidates uniformly among its real ones (`mask`
+    (steps, n_max), as `CompressedCode.mask`): the indices of the largest of iid U(0, 1) scores, so every
+    subset is equally likely. Indices ascend per node (the format of `CompressedCode.support`, which
+    `genotype_from_support` reads). Draws come in rounds of `n` from `generator` (on the CPU); duplicates
+    are dropped, first draw kept, and after `max_rounds` rounds what was found is returned (k < n only
+    when the space holds fewer than about n distinct supports).
+    """
+    mask = mask.detach().cpu().bool()
+    steps, n_max = mask.shape
+    if n <= 0:
+        return torch.zeros(0, 2, steps, sparsity, dtype=torch.long)
+    if int(mask.sum(-1).min()) < sparsity:
+        raise ValueError(f"every node needs at least {sparsity} candidates, got {mask.sum(-1).tolist()}")
+    seen: dict[tuple[int, ...], torch.Tensor] = {}
+    for _ in range(max_rounds):
+        u = torch.rand(n, 2, steps, n_max, generator=generator).masked_fill(~mask, -1.0)
+        for row in u.topk(sparsity, dim=-1).indices.sort(-1).values:
+            seen.setdefault(tuple(row.flatten().tolist()), row)
+            if len(seen) == n:
+                return torch.stack(list(seen.values()))
+    return torch.stack(list(seen.values()))
+
+
 def support_weights(A: torch.Tensor, b: torch.Tensor, z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """w_S = z_S + A_Sᵀ(b − A_S z_S) for codes of any leading shape: A (..., m, n), b (..., m),
     z (..., n), support (..., s) -> (..., s). Gradients flow into b (and A, z if they require them)."""

@@ -14,20 +14,24 @@ that network (`result.model`), a `darts-bn` arch that `nas eval` evaluates witho
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nas_common.arch import Arch
+from nas_common.config import load_toml, resolve_config
 from nas_common.data import make_loader
+from nas_common.errors import ConfigError, NASError, RunError
 from nas_common.methods import SearchResult, Task
 from nas_common.runs import Run
 
-from .coding import CompressedCode, genotype_from_support, top_support
+from .coding import CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports
 from .config import ISTAConfig
 from .network import DARTS_BN_SPACE, absorb, one_stage_supernet, search_supernet, set_op_bn_trainable
 
@@ -67,6 +71,138 @@ class ISTASearch:
         space = "darts-bn" if result.state.get("mode") == "one-stage" else "darts"
         return Arch(space, spec, dict(result.state["net"]), method=self.name,
                     provenance={"mode": result.state.get("mode", "two-stage")})
+
+    # ---- the harness's ranking hook -----------------------------------------------------------------
+    def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int, *,
+                         op_weights: Literal["code", "half"] = "code", bn_batches: int = 8
+                         ) -> list[tuple[Arch, float]]:
+        """`n` distinct architectures from the uniform prior, each with its held-out accuracy under the
+        shared weights of the finished two-stage search in `run_dir` (Kendall's tau vs stand-alone).
+
+        Sampling: ISTA-NAS has no distribution over architectures beyond its current code, so per node
+        of each cell type 2 distinct candidates among its 7·(i+2) (input, op) pairs, uniformly
+        (`uniform_supports`, a CPU torch.Generator seeded with `seed`), duplicates dropped.
+
+        Scoring: on the validation half the search updated b on, `task.dataset.train.split(
+        config.train_fraction, seed=task.seed)[1]` (config from run_dir/config.toml), unaugmented, with
+        the search supernet of checkpoints/last.pt run sparsely (only the 2 ops per node). Op weights:
+        - "code" (default): the code's formula w_S = z_S + A_Sᵀ(b − A_S z_S), with the final b and z, on
+          the sampled support S (z_S is z on S: 0 for candidates outside the final code, so w = A_Sᵀb
+          there). It is how the search weighted every op it ran, and for the learned support these are
+          exactly the weights it trained and validated with. The shared weights are co-adapted with
+          these small, signed weights (a 3-epoch `tiny` run on cifar10-mini learned weights from 1e-3 to
+          0.3 in magnitude, of both signs): its derived architecture scored 21.7% held-out with its code
+          weights but 8.3%, below chance, with 1/2 each, so fixed weights evaluate functions the supernet
+          never computed.
+        - "half": every selected op weighs 1/2 (the node is the mean of its two ops; the stand-alone
+          network's relative weighting, the same for every architecture), for comparison.
+        BatchNorm: the supernet's BNs (non-affine in the ops, with running statistics) hold the
+        statistics of the search's last supports, which do not fit another architecture; so before
+        scoring each architecture every BN's statistics are reset and re-estimated as the plain average
+        over the same `bn_batches` training batches (the search's training half: the first batches of
+        its training loader, seed task.seed, epoch 0), by train-mode forwards without gradients; then
+        eval mode. No weight is changed. Batched, on task.device, in the config's memory format.
+
+        Arch: `darts` with `genotype_from_support(support)` and the evaluation net that `derive` writes.
+        Raises NASError (one line) for a run_dir without a finished two-stage ista-nas search, a
+        one-stage run, or a task that differs from the search's (seed, dataset).
+        """
+        if op_weights not in ("half", "code"):
+            raise ConfigError(f"op_weights={op_weights!r}: use 'code' (the code's formula) or 'half' (each op 1/2)")
+        if bn_batches < 1:
+            raise ConfigError(f"bn_batches={bn_batches}: BN statistics need at least 1 training batch")
+        config, state = self._load_finished_two_stage(Path(run_dir), task)
+        device = task.device
+        net = search_supernet(config.C, task.num_classes, config.layers, config.steps, task.input_shape[0]).to(
+            device, memory_format=_memory_format(config))
+        code = self._code(config, task)
+        try:
+            net.load_state_dict(state["net"])
+            code.load_state_dict(state["code"])
+        except RuntimeError:
+            raise ConfigError(f"the supernet in {run_dir} does not fit this task ({task.num_classes} classes, "
+                              f"input {list(task.input_shape)}): score it on the dataset it was searched on") from None
+        supports = uniform_supports(code.mask, n, torch.Generator().manual_seed(seed), code.sparsity)
+        weights = self.score_weights(code, supports.to(device), op_weights)
+        train_split, valid_split = task.dataset.train.split(config.train_fraction, seed=task.seed)
+        cl = config.channels_last
+        calib_loader = make_loader(train_split, config.batch_size, train=True, device=device, seed=task.seed,
+                                   drop_last=False, channels_last=cl)
+        calib_loader.set_epoch(0)
+        calib = list(itertools.islice(calib_loader, bn_batches))
+        valid = make_loader(valid_split, config.batch_size, train=False, device=device, channels_last=cl)
+        accs = self._score_supports(net, code, supports.tolist(), weights, calib, valid)
+        net_cfg = _eval_net(config, task)
+        prov = {"mode": "two-stage", "sampled": "uniform", "seed": seed, "op_weights": op_weights}
+        return [(Arch("darts", genotype_from_support(s), dict(net_cfg), method=self.name, provenance=prov), acc)
+                for s, acc in zip(supports.tolist(), accs)]
+
+    @staticmethod
+    def score_weights(code: CompressedCode, supports: torch.Tensor, op_weights: str = "code") -> torch.Tensor:
+        """Op weights (k, 2, steps, sparsity) for supports (k, 2, steps, sparsity): w_S = z_S + A_Sᵀ(b − A_S z_S)
+        with the code's b and z ("code"), or 1/2 each ("half"); see `sample_and_score`."""
+        if op_weights == "half":
+            return torch.full(supports.shape, 0.5, device=code.b.device)
+        k = supports.shape[0]
+        with torch.no_grad():
+            return support_weights(code.A.expand(k, *code.A.shape), code.b.expand(k, *code.b.shape),
+                                   code.z.expand(k, *code.z.shape), supports.to(code.b.device))
+
+    @staticmethod
+    def _score_supports(net: nn.Module, code: CompressedCode, supports: list, weights: torch.Tensor,
+                        calib: list[tuple[torch.Tensor, torch.Tensor]], valid: Any) -> list[float]:
+        """Held-out top-1 accuracy of each support after re-estimating the BN statistics on `calib`."""
+        bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for m in bns:
+            m.momentum = None  # running statistics = the plain average over the calibration batches
+        correct = torch.zeros(len(supports), device=weights.device)
+        seen = 0
+        with torch.no_grad():
+            for a, support in enumerate(supports):
+                normal, reduce = code.choices(weights[a], support)
+                for m in bns:
+                    m.reset_running_stats()
+                net.train()
+                for x, _ in calib:
+                    net.forward_sparse(x, normal, reduce)
+                net.eval()
+                for x, y in valid:
+                    correct[a] += (_logits(net.forward_sparse(x, normal, reduce)).argmax(1) == y).sum()
+                    if a == 0:
+                        seen += y.shape[0]
+        return (correct / max(seen, 1)).tolist()
+
+    def _load_finished_two_stage(self, run_dir: Path, task: Task) -> tuple[ISTAConfig, dict[str, Any]]:
+        """The saved config and last checkpoint of a finished two-stage search; NASError otherwise."""
+        cfg_file = run_dir / "config.toml"
+        if not cfg_file.is_file():
+            raise RunError(f"{cfg_file} does not exist: give the --out directory of a finished ista-nas search")
+        record = load_toml(cfg_file)
+        if record.get("method", self.name) != self.name:
+            raise RunError(f"{run_dir} holds a {record['method']} run, not an ista-nas search")
+        config = resolve_config(ISTAConfig, preset=None, file=record.get("config", {}))
+        if config.mode != "two-stage":
+            raise NASError(f"{run_dir} is a one-stage ista-nas run, which has no supernet to share weights from: "
+                           f"sample_and_score needs a two-stage search (mode = \"two-stage\")")
+        if "seed" in record and int(record["seed"]) != task.seed:
+            raise ConfigError(f"{run_dir} was searched with seed {record['seed']} but the task has seed {task.seed}: "
+                              f"use the search's seed, which fixes its held-out half")
+        if record.get("dataset") not in (None, task.dataset.name):
+            raise ConfigError(f"{run_dir} was searched on {record['dataset']!r}, the task has "
+                              f"{task.dataset.name!r}: score it on the search's dataset")
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            raise RunError(f"{ckpt} does not exist: give the --out directory of a finished ista-nas search")
+        try:
+            state = torch.load(ckpt, map_location=task.device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file
+            raise RunError(f"cannot read {ckpt}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if not isinstance(state, dict) or "net" not in state or "code" not in state:
+            raise RunError(f"{ckpt} is not an ista-nas two-stage checkpoint")
+        if int(state.get("epoch", 0)) < config.epochs:
+            raise RunError(f"{run_dir} stopped after epoch {state.get('epoch', 0)} of {config.epochs}: finish it "
+                           f"(nas search ... --resume) before scoring its supernet")
+        return config, state
 
     # ---- shared pieces ---------------------------------------------------------------------------
     @staticmethod
