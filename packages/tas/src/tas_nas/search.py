@@ -15,15 +15,23 @@ last argmax net the search visited inside that band is returned (the official co
 config within the tolerance), or, if there was none and the final net is over target + tolerance, the
 last visited argmax net under the target. `result.metrics["derived_from"]` says which ("final",
 "last-in-band", "last-under-target"); `within_tolerance` is |MACs - target| <= tolerance.
+
+Ranking hook: `sample_and_score(run_dir, task, n, seed)` draws distinct hard configurations from the
+final width/depth distributions and scores each with the searchable network's shared weights on the
+architecture half (see `ranking`), for the harness's Kendall-tau check.
 """
 from __future__ import annotations
 
+import tomllib
 import warnings
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from nas_common import Arch, SearchResult, Task, make_loader
+from nas_common import Arch, ConfigError, RunError, SearchResult, Split, Task, make_loader
+from nas_common.config import config_from_dict
 from nas_common.costs.tables import resnet_conv_shapes, shapes_macs
 from nas_common.runs import Run
 
@@ -31,6 +39,7 @@ from .config import TASConfig
 from .flops import FlopTable, flop_loss
 from .model import SearchResNet, base_spec, spec_from_indices
 from .ops import tau_at
+from .ranking import sample_configs, score_configs
 
 __all__ = ["TASSearch"]
 
@@ -51,10 +60,9 @@ class TASSearch:
         max_macs = table.max_macs
         if task.budget.params is not None:
             warnings.warn("TAS prunes for MACs only: the params budget is not searched for", stacklevel=2)
-        target = float(task.budget.macs) if task.budget.macs is not None else config.prune_ratio * max_macs
-        tol = config.flop_tolerance * max_macs
+        target, tol = _flop_target(config, task.budget.macs, max_macs)
 
-        train_half, valid_half = task.dataset.train.split(0.5, seed=task.seed, per_class=True)
+        train_half, valid_half = _halves(task)
         bs_t, bs_v = min(config.batch_size, len(train_half)), min(config.batch_size, len(valid_half))
         train_loader = make_loader(train_half, bs_t, train=True, device=device, augment=config.augment,
                                    seed=task.seed)
@@ -149,7 +157,7 @@ class TASSearch:
             "band_found": bool(band_found), "feasible_width_index": feas_w.cpu().tolist(),
             "feasible_depth_index": feas_d.cpu().tolist(), "feasible_found": bool(feas_found),
             "layout": layout, "base": config.base,
-            "net": {"num_classes": task.num_classes, "input": list(task.input_shape)},
+            "net": _net(task),
             "target_macs": target, "tolerance_macs": tol, "base_macs": max_macs,
         }
         with torch.no_grad():
@@ -179,9 +187,115 @@ class TASSearch:
                 macs = shapes_macs(resnet_conv_shapes(spec, net["input"], net["num_classes"]))
         result.metrics.update({"derived_from": source, "derived_macs": float(macs),
                                "within_tolerance": bool(abs(macs - target) <= tol)})
-        return Arch("resnet", spec, dict(net), method=self.name,
-                    provenance={"base": st["base"], "target_macs": target, "tolerance_macs": tol,
-                                "derived_from": source})
+        return _arch(spec, net, {"base": st["base"], "target_macs": target, "tolerance_macs": tol,
+                                 "derived_from": source})
+
+    # ---- the harness's ranking hook --------------------------------------------------------------
+    def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int, *, batch_size: int = 256,
+                         bn_batches: int = 8, max_draws_factor: int = 50) -> list[tuple[Arch, float]]:
+        """`n` distinct pruned networks drawn from a finished search's width and depth distributions, each
+        with its held-out accuracy under the searchable network's shared weights (Kendall's tau check).
+
+        Sampling: every conv's width from softmax(width_logits) and every stage's depth from
+        softmax(depth_logits) of `run_dir`'s final checkpoint, with `torch.Generator().manual_seed(seed)`;
+        the first `n` distinct networks out of `max_draws_factor * n` draws (fewer when the distributions
+        are too peaked to give `n`). Each network is returned as the Arch that `derive` writes for that
+        configuration (space "resnet", the search's net, counted costs), so `nas train` retrains it.
+
+        Scoring: the searchable network at that hard choice (`ranking.one_hot_sample`: one width per
+        conv, one depth per stage), top-1 on the held-out half that TAS took its architecture steps on
+        (the same per-class 50/50 split of the training set, from `task.seed`), in batches of
+        `batch_size`, eval mode, no gradients, no fine-tuning.
+
+        BatchNorm: the per-width running statistics were accumulated by the mixed two-width, mixed-depth
+        network of the search (see `ranking.recalibrate_bn`), so they do not fit a hard configuration.
+        Before scoring, each configuration's statistics are recomputed from `bn_batches` batches of the
+        other (weight) half: train-mode forwards without gradients (in-memory data without augmentation,
+        shuffled with `task.seed`; the same batches for every configuration, so a score does not depend
+        on `seed` or on the other samples). `bn_batches=0` keeps the search's statistics.
+
+        Raises RunError when `run_dir` is not a finished tas search made with this task's seed and data.
+        """
+        if n < 1:
+            raise ConfigError(f"n={n}: ask for at least one architecture to sample")
+        model, config, record = _load_finished_run(run_dir, task)
+        configs = sample_configs(model, n, torch.Generator().manual_seed(int(seed)), max(1, max_draws_factor) * n)
+        train_half, valid_half = _halves(task)
+        held = make_loader(valid_half, min(batch_size, len(valid_half)), train=False, device=task.device,
+                           distributed=False)
+        calibration: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if bn_batches > 0:
+            loader = make_loader(train_half, min(batch_size, len(train_half)), train=True, augment=False,
+                                 device=task.device, seed=task.seed, distributed=False)
+            calibration = [batch for _, batch in zip(range(bn_batches), loader)]
+        accs = score_configs(model, configs, held, calibration)
+        target, tol = _flop_target(config, (record.get("budget") or {}).get("macs"), FlopTable(model).max_macs)
+        prov = {"base": config.base, "target_macs": target, "tolerance_macs": tol, "derived_from": "sampled",
+                "sample_seed": int(seed)}
+        layout, net = model.layout(), _net(task)
+        return [(_arch(spec_from_indices(layout, w.tolist(), d.tolist()), net, prov).with_costs(), acc)
+                for (w, d), acc in zip(configs, accs)]
+
+
+def _net(task: Task) -> dict[str, Any]:
+    """The "net" of every Arch this method writes: the dataset's classes and input shape."""
+    return {"num_classes": task.num_classes, "input": list(task.input_shape)}
+
+
+def _arch(spec: dict[str, Any], net: dict[str, Any], provenance: dict[str, Any]) -> Arch:
+    """The "resnet"-space Arch of a pruned spec, as `derive` writes it (one place for derive and the hook)."""
+    return Arch("resnet", spec, dict(net), method=TASSearch.name, provenance=dict(provenance))
+
+
+def _halves(task: Task) -> tuple[Split, Split]:
+    """TAS's (weight half, architecture half) of the training set: 50/50 per class, from `task.seed`."""
+    return task.dataset.train.split(0.5, seed=task.seed, per_class=True)
+
+
+def _flop_target(config: TASConfig, budget_macs: float | None, max_macs: float) -> tuple[float, float]:
+    """(target MACs, tolerance): the MACs budget if given, else prune_ratio x the unpruned MACs."""
+    target = float(budget_macs) if budget_macs is not None else config.prune_ratio * max_macs
+    return target, config.flop_tolerance * max_macs
+
+
+def _load_finished_run(run_dir: str | Path, task: Task) -> tuple[SearchResNet, TASConfig, dict[str, Any]]:
+    """The final searchable network of a finished tas search in `run_dir` (on task.device, eval mode),
+    its config and its config.toml record; a one-line RunError says what is wrong and how to fix it."""
+    path = Path(run_dir)
+    ckpt, cfg_file = path / "checkpoints" / "last.pt", path / "config.toml"
+    if not ckpt.is_file() or not cfg_file.is_file():
+        raise RunError(f"{str(path)!r} has no checkpoints/last.pt and config.toml: give the --out directory of a "
+                       f"finished `nas search tas` run")
+    record = tomllib.loads(cfg_file.read_text())
+    if record.get("method") != TASSearch.name:
+        raise RunError(f"{str(path)!r} holds a {record.get('method')!r} run, not a tas search: give the --out "
+                       f"directory of a `nas search tas` run")
+    if "seed" in record and int(record["seed"]) != task.seed:
+        raise RunError(f"{str(path)!r} was searched with seed {record['seed']}, the task has seed {task.seed}: the "
+                       f"held-out half depends on it, so pass a Task with seed={record['seed']}")
+    if record.get("dataset", task.dataset.name) != task.dataset.name:
+        raise RunError(f"{str(path)!r} was searched on {record['dataset']!r}, the task's data is "
+                       f"{task.dataset.name!r}: pass a Task on the search's dataset")
+    config = config_from_dict(TASConfig, record.get("config", {}))
+    try:
+        state = torch.load(ckpt, map_location=task.device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, whatever torch.load raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"cannot read {ckpt}: {first}; run the search again with --overwrite") from None
+    done = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+    if not isinstance(state, dict) or "model" not in state:
+        raise RunError(f"{ckpt} is not a tas search checkpoint: give the --out directory of a `nas search tas` run")
+    if done < config.epochs:
+        raise RunError(f"{str(path)!r} holds an unfinished tas search ({done} of {config.epochs} epochs): finish "
+                       f"it with `nas search tas ... --out {path} --resume`")
+    model = SearchResNet(base_spec(config.base), task.num_classes, task.input_shape, config.width_ratios,
+                         config.mix).to(task.device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise RunError(f"the network in {ckpt} does not fit {task.dataset.name!r} ({task.num_classes} classes, "
+                       f"input {list(task.input_shape)}): pass a Task on the search's dataset") from None
+    return model.eval(), config, record
 
 
 def _argmax(logits: torch.Tensor, choices: list[list[int]]) -> list[int]:
