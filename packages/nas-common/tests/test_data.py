@@ -157,3 +157,37 @@ def test_distributed_shards_are_disjoint(monkeypatch: pytest.MonkeyPatch) -> Non
         seen.append(torch.cat([y for _, y in loader]))
         assert len(loader) == 5
     assert len(seen[0]) == len(seen[1]) == 50
+
+
+def write_image_folder(root: Path, per_class: int = 3, size: int = 40) -> Path:
+    """A tiny ImageFolder tree (train/ and val/, 2 classes of random RGB images)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / part / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / part / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder_held_out_part_of_train_is_not_augmented(tmp_path: Path) -> None:
+    """A held-out part of an ImageFolder training set (a search's validation half) is read with the
+    evaluation transform, so two passes give the same tensors; training batches stay augmented."""
+    from nas_common.data.datasets import imagefolder
+
+    ds = imagefolder(write_image_folder(tmp_path / "folder"), image_size=16)
+    assert (len(ds.train), len(ds.test), ds.num_classes, ds.input_shape) == (6, 6, 2, (3, 16, 16))
+    _, held = ds.train.split(0.5, seed=0)
+
+    def batches(train: bool) -> list[torch.Tensor]:
+        torch.manual_seed(1)  # different draws of the random transforms between the two passes below
+        first = [x for x, _ in make_loader(held, 8, train=train, num_workers=0, drop_last=False)]
+        torch.manual_seed(2)
+        return first + [x for x, _ in make_loader(held, 8, train=train, num_workers=0, drop_last=False)]
+
+    a, b = batches(train=False)
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
+    a, b = batches(train=True)
+    assert a.shape == (3, 3, 16, 16) and not torch.equal(a, b)

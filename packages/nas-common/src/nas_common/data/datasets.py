@@ -31,6 +31,9 @@ class Split:
     mean: tuple[float, ...] = CIFAR_MEAN
     std: tuple[float, ...] = CIFAR_STD
     indices: torch.Tensor | None = None  # for disk splits: which items of `source`
+    # for disk splits whose `source` augments (a training part): the same items with the evaluation
+    # transform, served when a loader does not augment (a held-out part of the training images)
+    eval_source: Any = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -282,7 +285,8 @@ def imagefolder(data_dir: str | Path | None = None, download: bool = False, imag
         raise DataError(f"{root}: train/ and val/ have different class folders")
     return Dataset(
         name="imagefolder",
-        train=Split(y=torch.as_tensor(tr.targets), source=tr, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        train=Split(y=torch.as_tensor(tr.targets), source=tr, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                    eval_source=torchvision.datasets.ImageFolder(str(splits["train"]), transform=test_tf)),
         test=Split(y=torch.as_tensor(te.targets), source=te, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         num_classes=len(tr.classes),
         input_shape=(3, image_size, image_size),

@@ -94,16 +94,20 @@ class _TorchLoader:
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, device: Any, seed: int = 0,
                  num_workers: int = 4, drop_last: bool | None = None, channels_last: bool = False,
-                 distributed: bool | None = None) -> None:
+                 distributed: bool | None = None, augment: bool | None = None, shuffle: bool | None = None
+                 ) -> None:
         from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-        ds = split.source if split.indices is None else Subset(split.source, split.indices.tolist())
+        augment = train if augment is None else augment
+        shuffle = train if shuffle is None else shuffle
+        source = split.eval_source if not augment and split.eval_source is not None else split.source
+        ds = source if split.indices is None else Subset(source, split.indices.tolist())
         self.device = torch.device(device)
         self.channels_last = channels_last
         shard = dist.world_size() > 1 if distributed is None else distributed
-        self.sampler = DistributedSampler(ds, shuffle=train, seed=seed) if shard else None
+        self.sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if shard else None
         g = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=train and self.sampler is None,
+        self.loader = DataLoader(ds, batch_size=batch_size, shuffle=shuffle and self.sampler is None,
                                  sampler=self.sampler, num_workers=num_workers, generator=g,
                                  drop_last=train if drop_last is None else drop_last,
                                  pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0)
@@ -129,6 +133,10 @@ def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.dev
                 distributed: bool | None = None) -> Any:
     """The right loader for `split`: DeviceLoader when it is in memory, a DataLoader otherwise.
 
+    `augment` and `shuffle` default to `train`. A disk split augments through its dataset's transform;
+    without augmentation it is read through its `eval_source` when it has one (a held-out part of an
+    ImageFolder training set gets the evaluation transform). `cutout` applies to in-memory splits.
+
     `distributed` (default: whether torch.distributed runs with several ranks) shards the items by rank;
     pass False to read the whole split on every rank (e.g. an evaluation that shards it itself).
     """
@@ -137,4 +145,5 @@ def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.dev
                             seed=seed, drop_last=drop_last, shuffle=shuffle, distributed=distributed,
                             channels_last=channels_last)
     return _TorchLoader(split, batch_size, train=train, device=device, seed=seed, num_workers=num_workers,
-                        drop_last=drop_last, channels_last=channels_last, distributed=distributed)
+                        drop_last=drop_last, channels_last=channels_last, distributed=distributed,
+                        augment=augment, shuffle=shuffle)
