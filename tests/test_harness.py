@@ -93,3 +93,19 @@ def test_summary_aggregates_seeds() -> None:
                    {**base, "key": "retrain/m/s1", "seed": 1, "test_acc": 0.7}])  # duplicate key counts once
     assert len(s) == 1 and s[0]["n"] == 2
     assert s[0]["acc_mean"] == pytest.approx(0.6) and s[0]["acc_std"] == pytest.approx(0.1414, abs=1e-3)
+
+
+def test_summary_says_why_tau_is_missing() -> None:
+    from tools.bench.report import summarize
+
+    def rank(method: str, **kw: object) -> dict:
+        return {"phase": "rank", "method": method, "label": method, "ok": True, "key": f"rank/{method}/s0",
+                "seed": 0, **kw}
+
+    s = {e["name"]: e for e in summarize([
+        rank("tied", kendall_tau=None, supernet_acc=[0.1, 0.1], standalone_acc=[0.2, 0.3]),
+        rank("nohook", kendall_tau=None, note="method has no sample_and_score hook"),
+        rank("ranked", kendall_tau=0.5)])}
+    assert s["tied"]["notes"] == ["τ undefined: tied accuracies"] and s["tied"]["tau"] is None
+    assert s["nohook"]["notes"] == ["τ undefined: no sample_and_score hook"]
+    assert s["ranked"]["tau"] == pytest.approx(0.5) and s["ranked"]["notes"] == []

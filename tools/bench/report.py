@@ -56,6 +56,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             notes.append(f"over budget in {len(over)} seed(s)")
         if errors:
             notes.append("; ".join(errors)[:200])
+        rank_ok = [r for r in ranks if r.get("ok")]
+        if rank_ok and all(t is None for t in taus):  # the ranking check ran but gave no τ: say why
+            notes.append("τ undefined: " + ("no sample_and_score hook" if any(r.get("note") for r in rank_ok)
+                                            else "tied accuracies"))
         out.append({
             "name": label, "kind": kind, "space": space,
             "macs": _ms([r.get("macs") for r in ok_re] or [r.get("macs") for r in searches if r.get("ok")])[0],
