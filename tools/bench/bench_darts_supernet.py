@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -28,22 +26,7 @@ from nas_common.runs import device_name
 from nas_common.spaces.darts import DARTS_V2, DartsNetwork, DartsSupernet
 
 from .table import markdown_table
-
-
-def _time(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of fn() over iters runs (after warmup), synchronising CUDA around each."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from .timing import median_time
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,14 +81,14 @@ def main(argv: list[str] | None = None) -> None:
             model.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(fwd(), y).backward()
 
-        t_train = _time(step, device, args.warmup, args.iters)
+        t_train = median_time(step, device, args.warmup, args.iters)
         model.eval()
 
         def infer(fwd: Callable[[], torch.Tensor] = fwd) -> None:
             with torch.no_grad():
                 fwd()
 
-        t_eval = _time(infer, device, args.warmup, args.iters)
+        t_eval = median_time(infer, device, args.warmup, args.iters)
         base_train = base_train or t_train
         base_eval = base_eval or t_eval
         rows.append([name, t_train * 1e3, t_train / base_train, t_eval * 1e3, t_eval / base_eval])

@@ -24,7 +24,6 @@ Prints markdown tables (median over --iters steps after --warmup).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,25 +40,7 @@ from ista_nas import ISTA_PRIMITIVES, CompressedCode, genotype_from_support
 from ista_nas.network import search_supernet
 
 from .table import markdown_table
-
-
-def _time_interleaved(fns: list[Callable[[], None]], device: torch.device, warmup: int, iters: int) -> list[float]:
-    """Median seconds of each fn, measured round-robin so that load changes on a shared machine hit all
-    of them alike."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(iters):
-        for k, fn in enumerate(fns):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[k].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+from .timing import median_times_interleaved
 
 
 def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
@@ -200,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
 
     two_discrete_steps, discrete_forward = discrete_fns(support)
     sparse.train(), dense.train()
-    t_ista, t_darts, t_disc = _time_interleaved([ista_step, darts_step, two_discrete_steps], device,
+    t_ista, t_darts, t_disc = median_times_interleaved([ista_step, darts_step, two_discrete_steps], device,
                                                 args.warmup, args.iters)
     m_ista = _saved_bytes(sparse_forward)
     m_darts = _saved_bytes(dense_forward)
@@ -232,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.selections):
             step, fwd, sup = (ista_step, sparse_forward, support) if seed == 0 else sparse_step_fn(seed)
             disc, _ = discrete_fns(sup)
-            t_s, t_d = _time_interleaved([step, disc], device, args.warmup, args.iters)
+            t_s, t_d = median_times_interleaved([step, disc], device, args.warmup, args.iters)
             ops = ",".join(ISTA_PRIMITIVES[c % len(ISTA_PRIMITIVES)].replace("_conv", "").replace("_3x3", "3")
                            .replace("_5x5", "5").replace("skip_connect", "skip")
                            for cell in sup for node in cell for c in node)

@@ -29,11 +29,7 @@ from tas_nas.flops import FlopTable, flop_loss
 from tas_nas.model import SearchResNet, base_spec
 
 from .table import markdown_table
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .timing import sync
 
 
 def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
@@ -80,11 +76,11 @@ def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
     def timed(fn, n: int = 1) -> float:
-        _sync(device)
+        sync(device)
         t0 = clock()
         for _ in range(n):
             fn()
-        _sync(device)
+        sync(device)
         return clock() - t0
 
     best: dict[str, float] = {}

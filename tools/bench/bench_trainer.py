@@ -25,11 +25,7 @@ from nas_common.device import resolve_device
 from nas_common.train import TrainConfig, Trainer
 
 from .table import markdown_table
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from .timing import sync
 
 
 def _model(device: torch.device, seed: int = 0) -> torch.nn.Module:
@@ -50,7 +46,7 @@ def plain_loop(split, args: argparse.Namespace, device: torch.device) -> float:
     model.train()
     _warmup(lambda x, y: F.cross_entropy(model(x), y), opt, loader)
     n = 0
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
@@ -60,7 +56,7 @@ def plain_loop(split, args: argparse.Namespace, device: torch.device) -> float:
             loss.backward()
             opt.step()
             n += y.shape[0]
-    _sync(device)
+    sync(device)
     return n / (time.perf_counter() - t0)
 
 
@@ -84,10 +80,10 @@ def trainer_loop(split, args: argparse.Namespace, device: torch.device, with_run
         trainer = Trainer(model, config, run=run, device=device, seed=0)
         warm = make_loader(split, args.batch, train=True, device=device, seed=1)
         _warmup(lambda x, y: F.cross_entropy(trainer.net(x), y), trainer.optimizer, warm)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         trainer.fit(split)
-        _sync(device)
+        sync(device)
         seconds = time.perf_counter() - t0
         if run is not None:
             run.close()
