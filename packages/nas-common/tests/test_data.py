@@ -168,7 +168,8 @@ def write_image_folder(root: Path, per_class: int = 3, size: int = 40) -> Path:
         for c in ("cat", "dog"):
             (root / part / c).mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / part / c / f"{i}.png")
+                pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / part / c / f"{i}.png")
     return root
 
 

@@ -125,9 +125,9 @@ def score_configs(model: SearchResNet, configs: Sequence[Config], held: Iterable
                   calibration: Sequence[tuple[torch.Tensor, Any]] = ()) -> list[float]:
     """Held-out top-1 accuracy of each configuration under the shared weights (eval mode, no grad).
 
-    `held` is iterated once per configuration, a batch at a time (a loader or a list, not a generator). With `calibration` batches, each
-    configuration's BN statistics are first recomputed on them (`recalibrate_bn`); without, the
-    search's running statistics are used as they are.
+    `held` is iterated once per configuration, a batch at a time (a loader or a list, not a generator).
+    With `calibration` batches, each configuration's BN statistics are first recomputed on them
+    (`recalibrate_bn`); without, the search's running statistics are used as they are.
     """
     correct = []
     seen = 0

@@ -28,11 +28,11 @@ Python API
 
 What one epoch does: shuffled, augmented batches from the device-resident loader (a pure function of
 (seed, epoch), so a resumed run sees the same batches), forward under autocast (bf16 or fp16 with a
-GradScaler, on CUDA only) in channels_last (CUDA and CPU: mkldnn runs NHWC convolutions faster), cross-
-entropy with label smoothing, or the KD loss when a teacher is given, plus `auxiliary_weight` times the auxiliary head's loss when the model
-returns (logits, aux) in training, backward, optional gradient clipping, SGD step. The learning rate
-follows the schedule per epoch; drop path is ramped as `drop_path * epoch / epochs` through the
-model's `drop_path_prob` attribute. Loss and accuracy are summed on the device and read once per
+GradScaler, on CUDA only) in channels_last (CUDA and CPU: mkldnn runs NHWC convolutions faster),
+cross-entropy with label smoothing, or the KD loss when a teacher is given, plus `auxiliary_weight`
+times the auxiliary head's loss when the model returns (logits, aux) in training, backward, optional
+gradient clipping, SGD step. The learning rate follows the schedule per epoch; drop path is ramped as
+`drop_path * epoch / epochs` through the model's `drop_path_prob` attribute. Loss and accuracy are summed on the device and read once per
 epoch; every `nan_check_every` steps one cheap read checks that the loss is still finite.
 
 After each epoch, when a `Run` is given: one record in metrics.jsonl/TensorBoard, then an atomic
