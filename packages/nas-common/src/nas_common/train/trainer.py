@@ -32,8 +32,9 @@ GradScaler, on CUDA only) in channels_last (CUDA and CPU: mkldnn runs NHWC convo
 cross-entropy with label smoothing, or the KD loss when a teacher is given, plus `auxiliary_weight`
 times the auxiliary head's loss when the model returns (logits, aux) in training, backward, optional
 gradient clipping, SGD step. The learning rate follows the schedule per epoch; drop path is ramped as
-`drop_path * epoch / epochs` through the model's `drop_path_prob` attribute. Loss and accuracy are summed on the device and read once per
-epoch; every `nan_check_every` steps one cheap read checks that the loss is still finite.
+`drop_path * epoch / epochs` through the model's `drop_path_prob` attribute. Loss and accuracy are
+summed on the device and read once per epoch; every `nan_check_every` steps one cheap read checks that
+the loss is still finite.
 
 After each epoch, when a `Run` is given: one record in metrics.jsonl/TensorBoard, then an atomic
 checkpoint (model, optimizer, scheduler, scaler, epoch, history, config, arch digest; RNG states are
