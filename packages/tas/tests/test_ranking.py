@@ -176,6 +176,6 @@ def test_wrong_run_dirs_give_one_line_errors(run_dir: Path, tmp_path: Path) -> N
     shutil.copytree(run_dir, unfinished)
     state = torch.load(unfinished / "checkpoints" / "last.pt", weights_only=False)
     torch.save({**state, "epoch": 1}, unfinished / "checkpoints" / "last.pt")
-    with pytest.raises(NASError, match="unfinished tas search .1 of 2 epochs.*--resume") as e:
+    with pytest.raises(NASError, match="stopped after epoch 1 of 2.*--resume") as e:
         TASSearch().sample_and_score(unfinished, _task(), 2, seed=0)
     assert "\n" not in str(e.value)

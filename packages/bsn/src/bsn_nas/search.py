@@ -22,7 +22,7 @@ from nas_common.config import Config, config_from_dict, config_to_dict
 from nas_common.data import Split, make_loader
 from nas_common.errors import BudgetError, ConfigError, RunError
 from nas_common.methods import SearchResult, Task
-from nas_common.runs import Run
+from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .costs import COST_NAMES, cost_table, full_cost, hinge_penalty, min_connected_cost, pattern_costs
 from .graph import BSNNetwork, SuperGraph, resnet_depth_ok
@@ -317,7 +317,7 @@ class BSNSearch:
         model.pt use them unchanged, so the score is the accuracy of the pruned network a run would
         save for that pattern. Each Arch is what `derive` writes for the pattern.
         """
-        state, config = load_final_state(run_dir, task.device)
+        state, config = load_final_state(run_dir, task)
         graph = supernet_graph(task, config)
         _, val_split = data_splits(task, config)
         if val_split is None:
@@ -362,22 +362,13 @@ MAX_DRAWS_PER_ARCH = 100  # sample_and_score draws at most this many gate patter
 DRAW_CHUNK = 1024          # patterns drawn at once (fixed, so the draws for n are a prefix of those for 2n)
 
 
-def load_final_state(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any], BSNConfig]:
-    """The final checkpoint of a finished BSN search in `run_dir` and its config; RunError otherwise."""
-    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        raise RunError(f"{ckpt} does not exist: give the --out directory of a finished `nas search bsn` run")
-    try:
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-    except Exception as e:  # a truncated or foreign file
-        raise RunError(f"cannot read checkpoint {ckpt}: {e}; search again into a fresh --out") from None
-    if not isinstance(state, dict) or not {"model", "logits", "config", "epoch"} <= set(state):
-        raise RunError(f"{ckpt} is not a BSN search checkpoint: give the --out directory of a `nas search bsn` run")
-    config = config_from_dict(BSNConfig, state["config"])
-    if int(state["epoch"]) < config.epochs:
-        raise RunError(f"the search in {str(run_dir)!r} stopped after epoch {state['epoch']} of {config.epochs}: "
-                       f"finish it with `nas search bsn ... --out {run_dir} --resume` first")
-    return state, config
+def load_final_state(run_dir: str | Path, task: Task) -> tuple[dict[str, Any], BSNConfig]:
+    """The final checkpoint of a finished BSN search in `run_dir` on the task's dataset, and its config
+    (BSN's held-out images do not depend on the seed, so any task seed will do); RunError otherwise."""
+    record = read_search_record(run_dir, BSNSearch.name, task, same_seed=False)
+    epochs = config_from_dict(BSNConfig, record.get("config", {})).epochs
+    state = load_final_checkpoint(run_dir, BSNSearch.name, epochs, task.device, keys=("model", "logits", "config"))
+    return state, config_from_dict(BSNConfig, state["config"])
 
 
 def sample_distinct(graph: SuperGraph, probs: torch.Tensor, n: int, gen: torch.Generator,

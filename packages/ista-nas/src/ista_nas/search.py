@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas_common.arch import Arch
-from nas_common.config import load_toml, resolve_config
+from nas_common.config import resolve_config
 from nas_common.data import make_loader
-from nas_common.errors import ConfigError, NASError, RunError
+from nas_common.errors import ConfigError, NASError
 from nas_common.methods import SearchResult, Task
-from nas_common.runs import Run
+from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .coding import CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports
 from .config import ISTAConfig
@@ -174,34 +174,12 @@ class ISTASearch:
 
     def _load_finished_two_stage(self, run_dir: Path, task: Task) -> tuple[ISTAConfig, dict[str, Any]]:
         """The saved config and last checkpoint of a finished two-stage search; NASError otherwise."""
-        cfg_file = run_dir / "config.toml"
-        if not cfg_file.is_file():
-            raise RunError(f"{cfg_file} does not exist: give the --out directory of a finished ista-nas search")
-        record = load_toml(cfg_file)
-        if record.get("method", self.name) != self.name:
-            raise RunError(f"{run_dir} holds a {record['method']} run, not an ista-nas search")
+        record = read_search_record(run_dir, self.name, task)
         config = resolve_config(ISTAConfig, preset=None, file=record.get("config", {}))
         if config.mode != "two-stage":
             raise NASError(f"{run_dir} is a one-stage ista-nas run, which has no supernet to share weights from: "
                            f"sample_and_score needs a two-stage search (mode = \"two-stage\")")
-        if "seed" in record and int(record["seed"]) != task.seed:
-            raise ConfigError(f"{run_dir} was searched with seed {record['seed']} but the task has seed {task.seed}: "
-                              f"use the search's seed, which fixes its held-out half")
-        if record.get("dataset") not in (None, task.dataset.name):
-            raise ConfigError(f"{run_dir} was searched on {record['dataset']!r}, the task has "
-                              f"{task.dataset.name!r}: score it on the search's dataset")
-        ckpt = run_dir / "checkpoints" / "last.pt"
-        if not ckpt.is_file():
-            raise RunError(f"{ckpt} does not exist: give the --out directory of a finished ista-nas search")
-        try:
-            state = torch.load(ckpt, map_location=task.device, weights_only=False)
-        except Exception as e:  # a truncated or foreign file
-            raise RunError(f"cannot read {ckpt}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if not isinstance(state, dict) or "net" not in state or "code" not in state:
-            raise RunError(f"{ckpt} is not an ista-nas two-stage checkpoint")
-        if int(state.get("epoch", 0)) < config.epochs:
-            raise RunError(f"{run_dir} stopped after epoch {state.get('epoch', 0)} of {config.epochs}: finish it "
-                           f"(nas search ... --resume) before scoring its supernet")
+        state = load_final_checkpoint(run_dir, self.name, config.epochs, task.device, keys=("net", "code"))
         return config, state
 
     # ---- shared pieces ---------------------------------------------------------------------------

@@ -23,15 +23,18 @@ import time
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
 from . import dist
 from .arch import Arch, atomic_write_text, load_arch, save_arch
-from .config import to_toml
-from .errors import RunError
+from .config import load_toml, to_toml
+from .errors import ConfigError, RunError
+
+if TYPE_CHECKING:
+    from .methods import Task
 
 T = TypeVar("T")
 
@@ -323,3 +326,53 @@ def load_model(run_dir: str | Path, map_location: Any = "cpu") -> torch.nn.Modul
     if missing or unexpected:
         raise RunError(f"{weights} does not fit {p / 'arch.json'}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval()
+
+
+# ---- reading a finished search back (the harness's ranking hooks, analysis tools) -------------------
+def read_search_record(run_dir: str | Path, method: str, task: Task | None = None, *, same_seed: bool = True
+                       ) -> dict[str, Any]:
+    """The config.toml record of a `nas search <method>` run (kind, method, dataset, seed, budget, config).
+
+    With `task`, the run must have been searched on the task's dataset and, with `same_seed`, with its
+    seed (methods whose held-out data depends on the seed need both to score a run again). One-line
+    RunError/ConfigError otherwise.
+    """
+    p = Path(run_dir)
+    f = p / "config.toml"
+    if not f.is_file():
+        raise RunError(f"{f} does not exist: give the --out directory of a finished `nas search {method}` run")
+    record = load_toml(f)
+    if record.get("method") != method:
+        raise RunError(f"{str(p)!r} holds a {record.get('method')!r} run, not a `nas search {method}` run")
+    if task is not None:
+        if same_seed and "seed" in record and int(record["seed"]) != task.seed:
+            raise ConfigError(f"{str(p)!r} was searched with seed {record['seed']} but the task has seed {task.seed}: "
+                              f"its held-out data depends on the seed, so pass a Task with seed={record['seed']}")
+        if record.get("dataset", task.dataset.name) != task.dataset.name:
+            raise ConfigError(f"{str(p)!r} was searched on {record['dataset']!r}, the task's data is "
+                              f"{task.dataset.name!r}: pass a Task on the search's dataset")
+    return record
+
+
+def load_final_checkpoint(run_dir: str | Path, method: str, epochs: int, map_location: Any = "cpu",
+                          keys: Iterable[str] = ()) -> dict[str, Any]:
+    """checkpoints/last.pt of a `nas search <method>` run that finished its `epochs`, holding `keys`.
+
+    One-line RunError for a missing, unreadable or foreign checkpoint, or an unfinished search (saying
+    how to resume it).
+    """
+    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise RunError(f"{ckpt} does not exist: give the --out directory of a finished `nas search {method}` run")
+    try:
+        state = torch.load(ckpt, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file: whatever torch.load raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"cannot read {ckpt}: {first}; search again with --overwrite") from None
+    if not isinstance(state, dict) or not {"epoch", *keys} <= set(state):
+        raise RunError(f"{ckpt} is not a {method} search checkpoint: give the --out directory of a "
+                       f"`nas search {method}` run")
+    if int(state["epoch"]) < epochs:
+        raise RunError(f"the {method} search in {str(run_dir)!r} stopped after epoch {state['epoch']} of {epochs}: "
+                       f"finish it with `nas search {method} ... --out {run_dir} --resume`")
+    return state

@@ -22,7 +22,6 @@ architecture half (see `ranking`), for the harness's Kendall-tau check.
 """
 from __future__ import annotations
 
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from nas_common import Arch, ConfigError, RunError, SearchResult, Split, Task, make_loader
 from nas_common.config import config_from_dict
 from nas_common.costs.tables import resnet_conv_shapes, shapes_macs
-from nas_common.runs import Run
+from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .config import TASConfig
 from .flops import FlopTable, flop_loss
@@ -261,40 +260,17 @@ def _flop_target(config: TASConfig, budget_macs: float | None, max_macs: float) 
 def _load_finished_run(run_dir: str | Path, task: Task) -> tuple[SearchResNet, TASConfig, dict[str, Any]]:
     """The final searchable network of a finished tas search in `run_dir` (on task.device, eval mode),
     its config and its config.toml record; a one-line RunError says what is wrong and how to fix it."""
-    path = Path(run_dir)
-    ckpt, cfg_file = path / "checkpoints" / "last.pt", path / "config.toml"
-    if not ckpt.is_file() or not cfg_file.is_file():
-        raise RunError(f"{str(path)!r} has no checkpoints/last.pt and config.toml: give the --out directory of a "
-                       f"finished `nas search tas` run")
-    record = tomllib.loads(cfg_file.read_text())
-    if record.get("method") != TASSearch.name:
-        raise RunError(f"{str(path)!r} holds a {record.get('method')!r} run, not a tas search: give the --out "
-                       f"directory of a `nas search tas` run")
-    if "seed" in record and int(record["seed"]) != task.seed:
-        raise RunError(f"{str(path)!r} was searched with seed {record['seed']}, the task has seed {task.seed}: the "
-                       f"held-out half depends on it, so pass a Task with seed={record['seed']}")
-    if record.get("dataset", task.dataset.name) != task.dataset.name:
-        raise RunError(f"{str(path)!r} was searched on {record['dataset']!r}, the task's data is "
-                       f"{task.dataset.name!r}: pass a Task on the search's dataset")
+    record = read_search_record(run_dir, TASSearch.name, task)
     config = config_from_dict(TASConfig, record.get("config", {}))
-    try:
-        state = torch.load(ckpt, map_location=task.device, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign file, whatever torch.load raises
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"cannot read {ckpt}: {first}; run the search again with --overwrite") from None
-    done = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
-    if not isinstance(state, dict) or "model" not in state:
-        raise RunError(f"{ckpt} is not a tas search checkpoint: give the --out directory of a `nas search tas` run")
-    if done < config.epochs:
-        raise RunError(f"{str(path)!r} holds an unfinished tas search ({done} of {config.epochs} epochs): finish "
-                       f"it with `nas search tas ... --out {path} --resume`")
+    state = load_final_checkpoint(run_dir, TASSearch.name, config.epochs, task.device, keys=("model",))
     model = SearchResNet(base_spec(config.base), task.num_classes, task.input_shape, config.width_ratios,
                          config.mix).to(task.device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        raise RunError(f"the network in {ckpt} does not fit {task.dataset.name!r} ({task.num_classes} classes, "
-                       f"input {list(task.input_shape)}): pass a Task on the search's dataset") from None
+        raise RunError(f"the network in {run_dir}/checkpoints/last.pt does not fit {task.dataset.name!r} "
+                       f"({task.num_classes} classes, input {list(task.input_shape)}): pass a Task on the search's "
+                       f"dataset") from None
     return model.eval(), config, record
 
 
