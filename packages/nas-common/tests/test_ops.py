@@ -102,3 +102,40 @@ def test_unknown_op_names_the_valid_ones():
         create_op("sep_conv_3x4", 4, 1)
     with pytest.raises(ValueError, match="stride"):
         create_op("sep_conv_3x3", 4, 3)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_conv_equals_the_strided_conv_forward_and_backward(channels_last):
+    from nas_common.ops import PointwiseConv2d
+
+    torch.manual_seed(0)
+    ours, ref = PointwiseConv2d(4, 8, stride=2), nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    ref.weight.data.copy_(ours.weight.data)
+    x = torch.randn(20, 4, 15, 16)  # an odd size too: both round up
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        ours, x = ours.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = ours(xa)
+    (ya * torch.arange(ya.numel()).view_as(ya)).sum().backward()
+    with torch.backends.mkldnn.flags(enabled=False):  # the reference, off the kernel that corrupts the heap
+        yb = ref(xb)
+        (yb * torch.arange(yb.numel()).view_as(yb)).sum().backward()
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+
+def test_narrow_strided_pointwise_backward_in_channels_last_survives():
+    """torch 2.14.1's oneDNN weight gradient of a strided 1x1 channels-last conv with < 8 input channels
+    corrupts the heap on some CPUs; PointwiseConv2d must not reach it (run in a child: a crash is a fail)."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom nas_common.ops import PointwiseConv2d\ntorch.set_num_threads(1)\n"
+            "for cin in (2, 4, 7):\n"
+            "    conv = PointwiseConv2d(cin, 8, stride=2).to(memory_format=torch.channels_last)\n"
+            "    x = torch.randn(20, cin, 16, 16).contiguous(memory_format=torch.channels_last)\n"
+            "    for _ in range(20):\n        conv(x).sum().backward()\nprint('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]

@@ -62,7 +62,9 @@ def test_imagenet_resnets_equal_torchvision(name, tv):
     ours.eval(), ref.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+        # float rounding only: on the CPU our strided 1x1 shortcuts subsample first (PointwiseConv2d),
+        # another summation order than torchvision's strided kernel (logits ~50, differences ~3e-5)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.slow

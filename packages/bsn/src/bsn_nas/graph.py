@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_common.ops import PointwiseConv2d
+
 NodeKind = Literal["input", "module", "add"]
 ExecMode = Literal["auto", "dense", "skip", "gather"]
 EXEC_MODES = ("auto", "dense", "skip", "gather")
@@ -164,7 +166,8 @@ class BasicBranch(nn.Sequential):
 
 
 def conv_bn(cin: int, cout: int, k: int, stride: int, relu: bool = False) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    conv = PointwiseConv2d(cin, cout, stride) if k == 1 else nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
+    layers: list[nn.Module] = [conv, nn.BatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)

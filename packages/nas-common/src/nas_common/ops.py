@@ -23,7 +23,8 @@ from torch import nn
 from .registry import OPS
 
 __all__ = [
-    "DilConv", "FactorizedReduce", "Identity", "NULL_OPS", "OPS", "PRIMITIVES", "ReLUConvBN", "SepConv",
+    "DilConv", "FactorizedReduce", "Identity", "NULL_OPS", "OPS", "PRIMITIVES", "PointwiseConv2d", "ReLUConvBN",
+    "SepConv",
     "Conv7x1_1x7", "Zero", "create_op", "is_null_op", "list_ops",
 ]
 
@@ -43,6 +44,33 @@ def is_null_op(name: str) -> bool:
 
 
 # ---- building blocks ---------------------------------------------------------------------------------
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (no padding) whose stride subsamples the input first: the same function, the
+    same weights and state-dict keys, the same counted MACs as `nn.Conv2d(C_in, C_out, 1, stride)`.
+
+    Why: on the CPU, torch 2.14.1's oneDNN weight gradient of a strided 1x1 convolution in channels_last
+    with 2 to 7 input channels corrupts the heap (a crash or a hang, seen on AMD EPYC), which the micro
+    networks of the tests and every channels_last CPU run with narrow layers hit. Subsampling first
+    turns it into a stride-1 1x1 convolution, which is unaffected. CUDA keeps the strided kernel.
+    """
+
+    def __init__(self, C_in: int, C_out: int, stride: int = 1, bias: bool = False) -> None:
+        super().__init__(C_in, C_out, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        if x.device.type != "cpu" or s == (1, 1):
+            return super().forward(x)
+        return F.conv2d(x[:, :, :: s[0], :: s[1]], self.weight, self.bias)
+
+
+def _conv(C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> nn.Conv2d:
+    """A bias-free conv; a strided 1x1 one as `PointwiseConv2d`."""
+    if kernel_size == 1 and padding == 0:
+        return PointwiseConv2d(C_in, C_out, stride)
+    return nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False)
+
+
 class Identity(nn.Identity):
     """The identity; a class of its own so that drop path can tell "skip" apart from real ops."""
 
@@ -72,7 +100,7 @@ class ReLUConvBN(nn.Sequential):
                  affine: bool = True, dilation: int = 1) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, dilation=dilation, bias=False),
+            _conv(C_in, C_out, kernel_size, stride, padding, dilation),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -131,8 +159,8 @@ class FactorizedReduce(nn.Module):
     def __init__(self, C_in: int, C_out: int, affine: bool = True) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = PointwiseConv2d(C_in, C_out // 2, stride=2)
+        self.conv_2 = PointwiseConv2d(C_in, C_out - C_out // 2, stride=2)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

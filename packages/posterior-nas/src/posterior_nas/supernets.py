@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_common.ops import PointwiseConv2d
+
 from .gates import GatedConv, fold_mul
 
 R_BRANCHES: tuple[tuple[str, int, int], ...] = (("k1", 1, 1), ("k3", 3, 1), ("k5", 3, 2), ("k9", 5, 2))
@@ -189,7 +191,7 @@ class RBody(nn.Module):
 class RBlock(nn.Module):
     def __init__(self, bp: BlockPlan, keep: Keep | None, gk: dict[str, Any]) -> None:
         super().__init__()
-        self.shortcut = (nn.Sequential(nn.Conv2d(bp.cin, bp.cout, 1, bp.stride, bias=False), nn.BatchNorm2d(bp.cout))
+        self.shortcut = (nn.Sequential(PointwiseConv2d(bp.cin, bp.cout, bp.stride), nn.BatchNorm2d(bp.cout))
                          if bp.projection else None)
         alive = keep is None or keep[f"{bp.prefix}.conv1"].numel() > 0
         self.body = RBody(bp, keep, gk) if alive else None

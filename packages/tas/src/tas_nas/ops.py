@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_common.ops import PointwiseConv2d
+
 __all__ = ["channelwise_interpolate", "cwi_index", "cwi_matrix", "gumbel_like", "select_two", "gumbel_softmax",
            "masked_log_softmax", "tau_at", "SearchConvBN"]
 
@@ -113,7 +115,7 @@ class SearchConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, choices: list[int], mix: str = "auto",
                  eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
+        self.conv = PointwiseConv2d(c_in, c_out, stride) if k == 1 else nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         self.c_out = c_out
         self.choices = list(choices)

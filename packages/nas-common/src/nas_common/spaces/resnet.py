@@ -46,6 +46,7 @@ from torch import nn
 
 from ..arch import Arch, register_arch
 from ..errors import ArchFileError
+from ..ops import PointwiseConv2d
 from ..registry import SPACES
 from .base import Space
 
@@ -205,7 +206,7 @@ def random_resnet_spec(rng: random.Random, base: dict[str, Any], ratios: Sequenc
 def _projection(c_in: int, c_out: int, stride: int, shortcut: bool) -> nn.Module | None:
     """The 1x1 conv + BN shortcut when a block changes width or resolution (option B), else None."""
     if shortcut and (stride != 1 or c_in != c_out):
-        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        return nn.Sequential(PointwiseConv2d(c_in, c_out, stride), nn.BatchNorm2d(c_out))
     return None
 
 
