@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 PKGS   := packages/nas-common packages/nat packages/bsn packages/tas packages/ista-nas packages/posterior-nas
-DEV    := pytest matplotlib scipy onnx poetry ray submitit
+DEV    := pytest matplotlib scipy onnx poetry ray submitit ruff
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/demo
 
@@ -29,6 +29,8 @@ test: $(STAMP) check
 check: $(STAMP)
 	@for p in $(PKGS); do (cd $$p && ../../$(BIN)/poetry check --quiet) || exit 1; done
 	@echo "poetry check: ok in $(words $(PKGS)) packages"
+	$(BIN)/ruff check --quiet .
+	@echo "ruff check: ok"
 
 wheels: $(STAMP)
 	@mkdir -p dist
@@ -36,7 +38,7 @@ wheels: $(STAMP)
 	@ls dist
 
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench.micro
+	$(BIN)/python tools/run_benchmarks.py
 
 clean:
 	rm -rf dist runs/demo

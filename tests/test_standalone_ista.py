@@ -20,7 +20,8 @@ MICRO = ["layers=2", "C=4", "epochs=1", "batch_size=16", "eval_C=4", "eval_layer
 
 def _run(cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> str:
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n"
+                                 f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout
 
 

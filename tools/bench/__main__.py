@@ -18,7 +18,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dataset", default=None, help="override the preset's dataset (any of `nas list`, or npz:PATH)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--download", action="store_true")
-    ap.add_argument("--budget-macs", type=float, default=None, help="the same MACs budget for every method that takes one")
+    ap.add_argument("--budget-macs", type=float, default=None,
+                    help="the same MACs budget for every method that takes one")
     ap.add_argument("--budget-params", type=float, default=None)
     ap.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     ap.add_argument("--launcher", default="local", choices=["local", "ray", "submitit"])

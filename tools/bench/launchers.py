@@ -39,7 +39,8 @@ def preload_modules() -> list[str]:
     from nas_common.registry import METHOD_GROUP, _entry_points
 
     methods = sorted({ep.value.split(":")[0] for ep in _entry_points().values() if ep.group == METHOD_GROUP})
-    return ["torch", "torch._dynamo", "torch.utils.flop_counter", "torch.utils.tensorboard", "nas_common", "nas_common.train", "nas_common.search",
+    return ["torch", "torch._dynamo", "torch.utils.flop_counter", "torch.utils.tensorboard", "nas_common",
+            "nas_common.train", "nas_common.search",
             "scipy.stats", "tools.bench.jobs", *methods]
 
 

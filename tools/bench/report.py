@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .table import markdown_table
+from nas_common.benchmarking import markdown_table
 
 HEADERS = ["method", "space", "MACs (M)", "params (M)", "search time (s)", "retrain time (s)",
            "test acc (mean ± std)", "Kendall τ", "seeds", "notes"]

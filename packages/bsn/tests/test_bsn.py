@@ -6,15 +6,15 @@ import random
 
 import pytest
 import torch
+
+from bsn_nas import BSNNetwork, BSNSearch, cnf_graph, cost_table, hinge_penalty, makespan, resnet_graph
+from bsn_nas.costs import full_cost, min_connected_cost, pattern_costs
+from bsn_nas.search import BSNConfig, check_budgets, lr_at, most_probable_path, reinforce_loss
 from nas_common import Arch, Budget, BudgetError, Task, count_macs, count_params, get_dataset, load_arch, save_arch
 from nas_common.errors import ArchFileError
 from nas_common.methods import SearchResult
 from nas_common.registry import SPACES
 from nas_common.testing import SearchMethodTests
-
-from bsn_nas import BSNNetwork, BSNSearch, cnf_graph, cost_table, hinge_penalty, makespan, resnet_graph
-from bsn_nas.costs import full_cost, min_connected_cost, pattern_costs
-from bsn_nas.search import BSNConfig, check_budgets, lr_at, most_probable_path, reinforce_loss
 
 MICRO_NET = {"depth": 8, "widths": [4, 8, 8], "num_classes": 10, "input": [3, 32, 32]}
 CNF_NET = {"layers": 3, "channels": 4, "num_classes": 10, "input": [3, 16, 16]}
@@ -110,7 +110,8 @@ def test_full_b_resnet20_is_resnet20() -> None:
     assert full_cost(g, "params") == count_params(r20)
 
 
-@pytest.mark.parametrize("make,net", [(resnet_graph, MICRO_NET), (cnf_graph, {**CNF_NET, "layers": 2, "input": [3, 4, 4]})])
+@pytest.mark.parametrize("make,net", [(resnet_graph, MICRO_NET),
+                                      (cnf_graph, {**CNF_NET, "layers": 2, "input": [3, 4, 4]})])
 def test_min_connected_cost_is_the_brute_force_minimum(make, net) -> None:
     g = make(net)
     pats = _patterns(g) if g.num_gates <= 14 else None
@@ -172,7 +173,7 @@ def test_execution_modes_agree(mode) -> None:
         torch.testing.assert_close(net(x, active=act), ref(x, active=act))
         # and per example, each row equals that example's own pruned network
         for b in range(2):
-            keep = [nm for nm, on in zip(g.gate_names, gates[b].tolist()) if on]
+            keep = [nm for nm, on in zip(g.gate_names, gates[b].tolist(), strict=False) if on]
             if not g.connected(keep):
                 continue
             d = BSNNetwork(g, keep=g.prune(keep)).eval()

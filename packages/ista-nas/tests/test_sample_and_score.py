@@ -9,14 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from ista_nas import ISTA_PRIMITIVES, CompressedCode, ISTAConfig, ISTASearch, uniform_supports
+from ista_nas.network import search_supernet
 from nas_common import Task, get_dataset, load_arch
 from nas_common.config import resolve_config
 from nas_common.data import make_loader
 from nas_common.errors import NASError
 from nas_common.search import run_search
-
-from ista_nas import ISTA_PRIMITIVES, CompressedCode, ISTAConfig, ISTASearch, uniform_supports
-from ista_nas.network import search_supernet
 
 torch.set_num_threads(1)
 
@@ -86,7 +85,7 @@ def test_score_is_the_recalibrated_subnetwork_accuracy(run_dir: Path, op_weights
                 else:  # w_S = z_S + A_S^T (b - A_S z_S), written out for this node
                     A_S, z_S = code.A[t, i][:, S], code.z[t, i][S]
                     ws = (z_S + A_S.T @ (code.b[t, i] - A_S @ z_S)).detach()
-                for c, wc in zip(support[t][i], ws):
+                for c, wc in zip(support[t][i], ws, strict=False):
                     w[i * (i + 3) // 2 + c // 7, c % 7] = wc
             dense.append(w)
         with torch.no_grad():

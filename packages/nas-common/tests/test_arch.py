@@ -32,7 +32,7 @@ class ToySpace(Space):
     def build(self, spec: dict[str, Any], net: dict[str, Any]) -> nn.Module:
         dims = [int(torch.tensor(net["input"]).prod()), *spec["widths"], net["num_classes"]]
         layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(dims[:-1], dims[1:]):
+        for a, b in zip(dims[:-1], dims[1:], strict=False):
             layers += [nn.Linear(a, b), nn.ReLU()]
         return nn.Sequential(*layers[:-1])
 

@@ -20,8 +20,6 @@ from nas_common.cli import main
 from nas_common.train import evaluate
 
 
-
-
 def tiny_resnet(num_classes: int = 10, input_shape=(3, 32, 32)) -> Arch:
     spec = {"kind": "cifar", "block": "basic", "stem": 4, "depths": [1, 1, 1],
             "widths": [[[4, 4]], [[8, 8]], [[8, 8]]]}

@@ -8,9 +8,22 @@ import torch
 from torch import nn
 
 from nas_common import count_macs, count_params, get_arch
-from nas_common.costs import (COSTS, conv_macs, conv_params, expected_macs, get_cost, makespan, measure_latency,
-                              measure_memory, memory_breakdown, op_costs, resnet_conv_shapes, shapes_macs,
-                              shapes_params, weight_bytes)
+from nas_common.costs import (
+    COSTS,
+    conv_macs,
+    conv_params,
+    expected_macs,
+    get_cost,
+    makespan,
+    measure_latency,
+    measure_memory,
+    memory_breakdown,
+    op_costs,
+    resnet_conv_shapes,
+    shapes_macs,
+    shapes_params,
+    weight_bytes,
+)
 from nas_common.registry import OPS
 from nas_common.spaces.resnet import ResNet, random_resnet_spec, resnet_spec
 
@@ -185,7 +198,8 @@ def test_makespan_errors():
 
 # ---- memory and latency ------------------------------------------------------------------------------------
 def test_memory_on_cpu_is_weights_plus_hooked_activations():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64, 4))
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 64, 4))
     m = memory_breakdown(model, (3, 8, 8), batch_size=2)
     assert m["method"] == "hook-estimate"
     assert m["weights"] == weight_bytes(model) == 4 * (sum(p.numel() for p in model.parameters()) + 8 + 8) + 8

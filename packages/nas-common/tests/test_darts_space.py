@@ -12,7 +12,14 @@ from nas_common import Arch, count_params, get_arch, get_space, list_archs, list
 from nas_common.errors import ArchFileError
 from nas_common.ops import Zero
 from nas_common.spaces.darts import (
-    DARTS_V2, GENOTYPES, DartsNetwork, DartsSpace, Genotype, drop_path, genotype_to_spec, get_genotype,
+    DARTS_V2,
+    GENOTYPES,
+    DartsNetwork,
+    DartsSpace,
+    Genotype,
+    drop_path,
+    genotype_to_spec,
+    get_genotype,
     spec_to_genotype,
 )
 

@@ -10,7 +10,13 @@ from torch import nn
 
 from nas_common.ops import PRIMITIVES
 from nas_common.spaces.darts import (
-    DARTS_V2, GENOTYPES, DartsSupernet, Genotype, cell_choice_from_genotype, edge_index, genotype_from_weights,
+    DARTS_V2,
+    GENOTYPES,
+    DartsSupernet,
+    Genotype,
+    cell_choice_from_genotype,
+    edge_index,
+    genotype_from_weights,
     num_edges,
 )
 

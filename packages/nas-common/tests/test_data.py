@@ -112,7 +112,7 @@ def test_loader_is_a_pure_function_of_seed_and_epoch() -> None:
     b1 = [x for x, _ in l1]
     torch.manual_seed(123)  # the global RNG must not matter
     b2 = [x for x, _ in l2]
-    assert all(torch.equal(x, y) for x, y in zip(b1, b2))
+    assert all(torch.equal(x, y) for x, y in zip(b1, b2, strict=False))
     l2.set_epoch(5)
     assert not torch.equal(next(iter(l2))[0], b1[0])
     assert len(l1) == 200 // 32  # drop_last in training

@@ -85,7 +85,7 @@ def test_ddp_gradient_equals_single_process_without_batchnorm(tmp_path) -> None:
     assert len(d2) == 2 and d2[0] == d2[1]
     for k, v in one["state"].items():
         torch.testing.assert_close(two["state"][k], v, rtol=1e-4, atol=1e-5, msg=k)
-    for h1, h2 in zip(one["history"], two["history"]):
+    for h1, h2 in zip(one["history"], two["history"], strict=False):
         assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-4)
         assert h2["test_top1"] == pytest.approx(h1["test_top1"])  # evaluation counts every test item once
         assert h2["train_images"] == h1["train_images"] == 64

@@ -7,8 +7,18 @@ from torch import nn
 
 from nas_common.errors import RegistryError
 from nas_common.ops import (
-    NULL_OPS, OPS, PRIMITIVES, Conv7x1_1x7, DilConv, FactorizedReduce, Identity, ReLUConvBN, SepConv, Zero,
-    create_op, list_ops,
+    NULL_OPS,
+    OPS,
+    PRIMITIVES,
+    Conv7x1_1x7,
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    SepConv,
+    Zero,
+    create_op,
+    list_ops,
 )
 
 OUR_OPS = ["none", "null", "avg_pool_3x3", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
@@ -20,7 +30,7 @@ OUR_OPS = ["none", "null", "avg_pool_3x3", "max_pool_3x3", "skip_connect", "sep_
 def test_primitives_are_the_darts_eight_in_order():
     assert PRIMITIVES == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
                           "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
-    assert NULL_OPS == {"none", "null"}
+    assert {"none", "null"} == NULL_OPS
 
 
 @pytest.mark.parametrize("name", OUR_OPS)

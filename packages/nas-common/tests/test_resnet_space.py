@@ -11,7 +11,7 @@ import torchvision
 from nas_common import ArchFileError, count_macs, count_params, get_arch
 from nas_common.arch import Arch, load_arch, save_arch
 from nas_common.registry import SPACES
-from nas_common.spaces.resnet import (ResNet, depth_choices, random_resnet_spec, resnet_spec, width_choices)
+from nas_common.spaces.resnet import ResNet, depth_choices, random_resnet_spec, resnet_spec, width_choices
 
 SPACE = SPACES.get("resnet")
 

@@ -5,7 +5,6 @@ import torch
 
 from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
-
 from nat_nas.cells import NULL_OP, Cell, CellPair, random_cell
 from nat_nas.policy import GCN, NATPolicy, normalized_adjacency
 from nat_nas.transitions import KEEP, NULL, SKIP, transition_mask

@@ -15,7 +15,6 @@ from nas_common.methods import Task
 from nas_common.search import run_search
 from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
-
 from nat_nas import NATConfig, NATSearch
 from nat_nas.cells import CellPair
 from nat_nas.search import POLICY_FILE, EdgeCosts, cell_positions, reinforce_step, resolve_input_arch
@@ -159,7 +158,6 @@ def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> No
 @pytest.mark.parametrize("bn", ["running", "batch"])
 def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
     from nas_common.spaces.darts import DartsSupernet
-
     from nat_nas.search import FULLY_CONCAT_OPS, scoring_mode
 
     torch.manual_seed(0)

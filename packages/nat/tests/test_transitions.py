@@ -8,7 +8,6 @@ from nas_common.arch import Arch
 from nas_common.costs import count_costs
 from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
-
 from nat_nas.cells import NULL_OP, Cell, CellPair, edge_kind, random_cell
 from nat_nas.policy import NATPolicy
 from nat_nas.search import FULLY_CONCAT_OPS, EdgeCosts

@@ -6,14 +6,24 @@ import random
 
 import pytest
 import torch
+
 from nas_common.arch import Arch
 from nas_common.config import resolve_config
 from nas_common.costs import count_costs
 from nas_common.errors import ArchFileError, ConfigError
 from nas_common.methods import Budget
 from nas_common.registry import SPACES
-from posterior_nas import (GatedConv, PosteriorConfig, channel_rates, draw_masks, get_supnet_space,
-                           inherit_weights, regulariser, sample_masks, score_masks)
+from posterior_nas import (
+    GatedConv,
+    PosteriorConfig,
+    channel_rates,
+    draw_masks,
+    get_supnet_space,
+    inherit_weights,
+    regulariser,
+    sample_masks,
+    score_masks,
+)
 from posterior_nas.sampling import best_index, within_budget
 
 MICRO_NETS = {
@@ -140,7 +150,7 @@ def test_vanished_ops_are_removed() -> None:
     m["s0.b0.p1.conv2"][:] = False  # path p1 of the first block loses every channel of its second conv
     spec = space.spec_of(plan.join(m)[0], net)
     assert set(spec["keep"]) == {"s0.b0.p1.conv1", "s0.b0.p1.conv2"}  # the whole path vanished
-    assert "0" * 4 == spec["keep"]["s0.b0.p1.conv1"]
+    assert spec["keep"]["s0.b0.p1.conv1"] == "0" * 4
     model = space.build(spec, net)
     assert list(model.blocks[0].paths) == ["p0"]
 
@@ -201,7 +211,7 @@ def test_sampling_frequencies_match_learned_rates() -> None:
     _, _, sup = _micro_supernet()
     g = torch.Generator().manual_seed(0)
     target = torch.rand(len(sup.gates), generator=g) * 0.8 + 0.05
-    for gate, p in zip(sup.gates.values(), target):
+    for gate, p in zip(sup.gates.values(), target, strict=False):
         gate.p_logit.data.fill_(math.log(p) - math.log(1 - p))
     masks = sample_masks(channel_rates(sup), 4000, g)
     drop = 1.0 - masks.float()

@@ -40,9 +40,9 @@ def _indices(model: SearchResNet, spec: dict) -> tuple[list[int], list[int]]:
     """The choice indices of a derived spec (widths of blocks the spec does not have: the full width)."""
     widx = [len(c) - 1 for c in model.choices]
     widx[0] = model.choices[0].index(spec["stem"])
-    for s, (vars_s, stage) in enumerate(zip(model.var_of, spec["widths"])):
-        for ids, widths in zip(vars_s, stage):
-            for v, c in zip(ids, widths):
+    for _s, (vars_s, stage) in enumerate(zip(model.var_of, spec["widths"], strict=False)):
+        for ids, widths in zip(vars_s, stage, strict=False):
+            for v, c in zip(ids, widths, strict=False):
                 widx[v] = model.choices[v].index(c)
     didx = [model.depth_choices[s].index(d) for s, d in enumerate(spec["depths"])]
     return widx, didx
@@ -96,7 +96,7 @@ def test_score_is_the_searchable_network_at_that_one_hot_choice(run_dir: Path) -
     accs = set()
     for arch, score in pairs:
         widx, didx = _indices(model, arch.spec)
-        other = [(k + 1) % len(c) for k, c in zip(widx, model.choices)]
+        other = [(k + 1) % len(c) for k, c in zip(widx, model.choices, strict=False)]
         idx = torch.tensor([widx, other]).T
         p = torch.tensor([[1.0, 0.0]]).expand(len(widx), 2)
         dw = torch.nn.functional.one_hot(torch.tensor(didx), model.depth_logits.shape[1]).float()

@@ -82,6 +82,7 @@ def test_derive_is_the_argmax_and_falls_back_to_the_last_in_band_net() -> None:
 def test_search_uses_only_cifar_sized_inputs_it_is_given(tmp_path: Path) -> None:
     """A grey 3-class npz-like dataset: the stem takes the dataset's channels, the classifier its classes."""
     import numpy as np
+
     from nas_common.data.datasets import from_arrays
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(48, 16, 16), dtype=np.uint8)
@@ -113,6 +114,7 @@ def test_retrain_with_kd_trains_the_teacher_first_and_reuses_it(tmp_path: Path) 
 def _small_images(n: int = 128, side: int = 16) -> Task:
     """Random 16x16 images in 10 classes: the FLOP target is what is tested, not accuracy (4x cheaper)."""
     import numpy as np
+
     from nas_common.data.datasets import from_arrays
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(n, side, side, 3), dtype=np.uint8)

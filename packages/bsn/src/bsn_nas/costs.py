@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from nas_common.costs import count_macs, count_params
 
 from .graph import SuperGraph, make_op

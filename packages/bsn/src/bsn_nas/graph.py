@@ -212,7 +212,7 @@ class BSNNetwork(nn.Module):
     code: no savings); ``skip`` skips a module that is inactive for the whole batch, else is dense;
     ``gather`` runs a module only on the examples where it is active (index_select / index_copy);
     ``auto`` skips, runs whole-batch modules directly and gathers when at most `gather_below` of the
-    batch needs the module (tools/bench/bench_bsn.py measures the modes).
+    batch needs the module (packages/bsn/benchmarks/bench_bsn.py measures the modes).
     """
 
     def __init__(self, graph: SuperGraph, keep: set[str] | list[str] | None = None, mode: ExecMode = "auto",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+
 from nas_common.arch import Arch
 from nas_common.config import Config, config_from_dict, config_to_dict
 from nas_common.data import Split, make_loader
@@ -114,7 +115,8 @@ def check_budgets(graph: SuperGraph, budgets: dict[str, tuple[float, float]], k:
             raise BudgetError(
                 f"{name} budget {budget:.4g} is below the cheapest connected network of this {graph.space} super "
                 f"network ({floor:.4g}{' steps' if name == 'distributed' else ''}, full network "
-                f"{full_cost(graph, name, k):.4g}): raise {opt} to at least {floor:.4g} or choose a smaller super network")
+                f"{full_cost(graph, name, k):.4g}): raise {opt} to at least {floor:.4g} or choose a smaller super "
+                f"network")
     return floors
 
 
@@ -274,7 +276,7 @@ class BSNSearch:
         When those modules do not connect input and output at all, the most probable input->output path
         is kept instead (with a warning by `derive`): a network that ignores its input is never useful.
         """
-        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist()) if pr > threshold]
+        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist(), strict=False) if pr > threshold]
         if graph.connected(on):
             return graph.prune(on)
         return most_probable_path(graph, probs)
@@ -292,10 +294,7 @@ class BSNSearch:
             keep_set = set(keep or [])
             pattern = torch.tensor([[nm in keep_set for nm in graph.gate_names]])
         for x, y in loader:
-            if pattern is not None:
-                out = model(x, active=graph.active(pattern.expand(x.shape[0], -1)))
-            else:
-                out = model(x)
+            out = model(x, active=graph.active(pattern.expand(x.shape[0], -1))) if pattern is not None else model(x)
             correct += (out.argmax(1) == y).sum()
         model.train(was)
         return float(correct) / max(1, len(split))
@@ -334,8 +333,9 @@ class BSNSearch:
         patterns = sample_distinct(graph, probs, n, torch.Generator().manual_seed(int(seed)))
         accs = score_patterns(model, graph, patterns, val_split, config.eval_batch_size, task.device)
         names = graph.gate_names
-        return [(self._arch(graph, [nm for nm, on in zip(names, row.tolist()) if on], config.distributed_k), acc)
-                for row, acc in zip(patterns, accs)]
+        return [(self._arch(graph, [nm for nm, on in zip(names, row.tolist(), strict=True) if on],
+                            config.distributed_k), acc)
+                for row, acc in zip(patterns, accs, strict=False)]
 
     # ---- derive --------------------------------------------------------------------------------
     def derive(self, result: SearchResult) -> Arch:
@@ -343,7 +343,7 @@ class BSNSearch:
         st = result.state
         graph = graph_of(st["space"], st["net"])
         probs = st["probs"] if "probs" in st else torch.sigmoid(torch.as_tensor(st["logits"]))
-        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist()) if pr > st.get("threshold", 0.5)]
+        on = [nm for nm, pr in zip(graph.gate_names, probs.tolist(), strict=False) if pr > st.get("threshold", 0.5)]
         if not graph.connected(on):
             warnings.warn("no input->output path has all its gates above the threshold: the derived network is "
                           "the most probable path instead (train longer or lower the penalty)", stacklevel=2)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from torch import nn
+
 from nas_common.errors import ArchFileError
 from nas_common.registry import SPACES
 from nas_common.spaces.base import Space
-from torch import nn
 
 from .graph import BSNNetwork, SuperGraph, make_graph, resnet_depth_ok
 

@@ -11,7 +11,12 @@ method of nas_common; also registers the `darts-bn` space (the one-stage network
 from importlib import metadata as _metadata
 
 from .coding import (
-    ISTA_PRIMITIVES, CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports,
+    ISTA_PRIMITIVES,
+    CompressedCode,
+    genotype_from_support,
+    support_weights,
+    top_support,
+    uniform_supports,
 )
 from .config import ISTAConfig, OneStageConfig
 from .lasso import LassoResult, kkt_violation, lasso, lipschitz, soft_threshold

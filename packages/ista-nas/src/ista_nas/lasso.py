@@ -98,7 +98,8 @@ def lasso(A: torch.Tensor, b: torch.Tensor, gamma: float = 1e-5, *, mask: torch.
     At = A.transpose(-1, -2)
     Atb = (At @ b.unsqueeze(-1)).squeeze(-1)  # (K, n)
     gram = At @ A  # (K, n, n): the gradient is gram z − Aᵀb
-    z = torch.zeros(K, n, dtype=torch.float64, device=A.device) if z0 is None else z0.detach().to(A.device, torch.float64) * keep
+    z = (torch.zeros(K, n, dtype=torch.float64, device=A.device) if z0 is None
+         else z0.detach().to(A.device, torch.float64) * keep)
     y = z.clone()
     t = torch.ones(K, 1, dtype=torch.float64, device=A.device)
     # one iteration is v = y − step·(gram y − Aᵀb) = M y + c, then soft thresholding at ±thr

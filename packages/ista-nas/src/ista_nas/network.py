@@ -22,7 +22,10 @@ from torch import nn
 
 from nas_common.registry import SPACES
 from nas_common.spaces.darts import (
-    DartsNetwork, DartsSpace, DartsSupernet, edge_index,
+    DartsNetwork,
+    DartsSpace,
+    DartsSupernet,
+    edge_index,
 )
 
 from .coding import ISTA_PRIMITIVES
@@ -119,7 +122,7 @@ def absorb(supernet: DartsSupernet, weights: torch.Tensor, support: Sequence, sp
     dst = model.state_dict()
     mapping: dict[str, str] = {}  # discrete op prefix -> supernet op prefix
     scale: dict[str, torch.Tensor] = {}  # discrete final-BN prefix -> w
-    for c, (cell, scell) in enumerate(zip(model.cells, supernet.cells)):
+    for c, (cell, scell) in enumerate(zip(model.cells, supernet.cells, strict=False)):
         t = int(scell.reduction)
         for i, node in enumerate(cell._run):
             for s, (j, pos, _) in enumerate(node):

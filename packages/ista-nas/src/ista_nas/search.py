@@ -135,7 +135,7 @@ class ISTASearch:
         net_cfg = _eval_net(config, task)
         prov = {"mode": "two-stage", "sampled": "uniform", "seed": seed, "op_weights": op_weights}
         return [(Arch("darts", genotype_from_support(s), dict(net_cfg), method=self.name, provenance=prov), acc)
-                for s, acc in zip(supports.tolist(), accs)]
+                for s, acc in zip(supports.tolist(), accs, strict=False)]
 
     @staticmethod
     def score_weights(code: CompressedCode, supports: torch.Tensor, op_weights: str = "code") -> torch.Tensor:
@@ -237,7 +237,7 @@ class ISTASearch:
             support = code.support.tolist()  # one host transfer per epoch
             tot = torch.zeros(4, device=device)  # train loss, train correct, valid loss, seen
             steps = 0
-            for (xt, yt), (xv, yv) in zip(train, valid):
+            for (xt, yt), (xv, yv) in zip(train, valid, strict=False):
                 # b step on a validation batch (first order): only b's gradient is computed
                 normal, reduce = code.choices(support=support)
                 loss_v = F.cross_entropy(_logits(net.forward_sparse(xv, normal, reduce)), yv)
@@ -257,7 +257,7 @@ class ISTASearch:
                 with torch.no_grad():
                     tot += torch.stack([loss_t.detach() * yt.numel(), (logits.argmax(1) == yt).sum().float(),
                                         loss_v.detach() * yv.numel(), torch.tensor(float(yt.numel()), device=device)])
-                steps += 1
+                steps += 1  # noqa: SIM113 (zip of two loaders: a counter reads better than enumerate)
             sched.step()
             old_support = code.support.clone()
             z, stats = self._recover(code, config)

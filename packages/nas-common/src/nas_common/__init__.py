@@ -6,17 +6,16 @@ build on it and register through the entry-point group `nas_common.methods`.
 """
 from importlib import metadata as _metadata
 
-from . import errors, registry
+from . import costs, errors, ops, registry, spaces  # noqa: F401  (importing them registers ops, spaces, costs)
 from .arch import Arch, build_model, get_arch, list_archs, load_arch, register_arch, save_arch
 from .config import Config, list_presets, resolve_config
+from .costs import count_costs, count_macs, count_params
 from .data import Dataset, Split, get_dataset, list_datasets, make_loader
 from .errors import ArchFileError, BudgetError, ConfigError, DataError, NASError, RunError
 from .methods import Budget, SearchMethod, SearchResult, Task
 from .registry import get_method, list_methods, register_method
 from .runs import Run, RunInterrupted, load_model, seed_everything
-from . import ops, spaces, costs  # noqa: E402  (register ops, spaces, costs)
 from .spaces import get_space, list_spaces
-from .costs import count_costs, count_macs, count_params
 
 try:
     __version__ = _metadata.version("nas-common")

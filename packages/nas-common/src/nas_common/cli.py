@@ -31,7 +31,8 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
     """Options shared by commands that read data and use a device."""
     p.add_argument("--dataset", default="cifar10-mini",
                    help="dataset name (see `nas list`) or npz:PATH (default: cifar10-mini)")
-    p.add_argument("--data-dir", default=None, help="where torchvision datasets live (cifar10, cifar100, svhn, imagefolder)")
+    p.add_argument("--data-dir", default=None,
+                   help="where torchvision datasets live (cifar10, cifar100, svhn, imagefolder)")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir if missing")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=int, default=0)

@@ -72,9 +72,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and type(None) in args:
+            return None
         errors = []
         for a in args:
             if a is type(None):
@@ -98,7 +98,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key} takes {len(args)} values, got {len(value)}: {value!r}")
-            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=False))
         inner = args[0] if args else Any
         seq = [_coerce(v, inner, key) for v in value]
         return tuple(seq) if origin is tuple else seq

@@ -11,6 +11,7 @@ Only rank 0 writes. A directory that holds another run is refused unless `resume
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -68,10 +69,8 @@ def package_versions() -> dict[str, str]:
              "numpy"]
     out = {}
     for n in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -252,7 +251,8 @@ class Run:
         try:
             state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
         except Exception as e:  # a truncated or foreign file
-            raise RunError(f"cannot read checkpoint {self.checkpoint_path}: {e}; pass --overwrite to start again") from None
+            raise RunError(f"cannot read checkpoint {self.checkpoint_path}: {e}; "
+                           f"pass --overwrite to start again") from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise RunError(f"{self.checkpoint_path} is not a nas checkpoint; pass --overwrite to start again")
         set_rng_state(state["rng"])
@@ -311,7 +311,8 @@ def load_model(run_dir: str | Path, map_location: Any = "cpu") -> torch.nn.Modul
         raise RunError(f"run directory {str(p)!r} does not exist: give the --out of a `nas train` or `nas search`")
     weights = p / "model.pt"
     if not weights.exists():
-        raise RunError(f"{str(p)!r} holds no trained model (model.pt): train one with `nas train {p / 'arch.json'} ...`")
+        raise RunError(f"{str(p)!r} holds no trained model (model.pt): "
+                       f"train one with `nas train {p / 'arch.json'} ...`")
     arch = load_arch(p / "arch.json")
     model = arch.build()
     try:

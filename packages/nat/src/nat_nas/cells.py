@@ -91,7 +91,7 @@ class Cell:
 
     # ---- DARTS genotype ---------------------------------------------------------------------------
     def to_genotype(self) -> list[list[Any]]:
-        return [[op, src] for op, src in zip(self.ops, self.inputs)]
+        return [[op, src] for op, src in zip(self.ops, self.inputs, strict=False)]
 
     @classmethod
     def from_genotype(cls, pairs: Sequence[Sequence[Any]], concat: Sequence[int] | None = None,

@@ -126,10 +126,7 @@ class NATPolicy(nn.Module):
         probs = self.distribution(cells, masks)
         b, e, k = probs.shape
         flat = probs.reshape(b * e, k)
-        if greedy:
-            actions = flat.argmax(-1)
-        else:
-            actions = torch.multinomial(flat.detach(), 1, generator=generator).squeeze(-1)
+        actions = flat.argmax(-1) if greedy else torch.multinomial(flat.detach(), 1, generator=generator).squeeze(-1)
         actions = actions.reshape(b, e)
         chosen = probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         log_prob = chosen.log().sum(-1)

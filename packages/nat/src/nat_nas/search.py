@@ -198,7 +198,7 @@ def scoring_mode(model: torch.nn.Module, bn: str = "running") -> Iterator[None]:
         with torch.no_grad():
             yield
     finally:
-        for m, (momentum, tracked) in zip(bns, saved):
+        for m, (momentum, tracked) in zip(bns, saved, strict=False):
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
@@ -333,7 +333,7 @@ class NATSearch:
         nodes: list[list[tuple[int, int, None]]] = []
         for t in range(cell.num_nodes):
             nodes.append([(src, index[op], None) for op, src in
-                          zip(cell.ops[2 * t:2 * t + 2], cell.inputs[2 * t:2 * t + 2])
+                          zip(cell.ops[2 * t:2 * t + 2], cell.inputs[2 * t:2 * t + 2], strict=False)
                           if canonical_op(op) != NULL_OP])
         return nodes
 
@@ -458,7 +458,7 @@ class NATSearch:
                     correct[k] += (self._forward(parts, x, pair).argmax(-1) == y).sum()
                 seen += y.shape[0]
         acc = (correct / max(1, seen)).tolist()
-        by_pair = dict(zip(unique, acc))
+        by_pair = dict(zip(unique, acc, strict=False))
         return [by_pair[p] for p in pairs]
 
     def _transform(self, task: Task, config: NATConfig, run: Run | None, parts: _Parts, pair: CellPair,
@@ -513,7 +513,7 @@ class NATSearch:
         _, p_split = task.dataset.train.split(config.weight_fraction, seed=config.split_seed)
         accs = self._accuracies(parts, pairs, p_split, config, task, None)
         net = self._net(config, task)
-        return [(Arch("darts", pair.to_spec(), net), acc) for pair, acc in zip(pairs, accs)]
+        return [(Arch("darts", pair.to_spec(), net), acc) for pair, acc in zip(pairs, accs, strict=False)]
 
     # ---- derive ----------------------------------------------------------------------------------------
     def derive(self, result: SearchResult) -> Arch:

@@ -51,7 +51,7 @@ def not_costlier(new: Sequence[float], old: Sequence[float]) -> bool:
 def transition_mask(cell: Cell, reduction: bool, cost_of: CostFn | None = None) -> torch.Tensor:
     """(edges, 3) bool: which actions each edge may take (rules by kind, then cost)."""
     rows = []
-    for op, stride in zip(cell.ops, edge_strides(cell, reduction)):
+    for op, stride in zip(cell.ops, edge_strides(cell, reduction), strict=False):
         keep, skip, null = RULES[edge_kind(op)]
         if skip and cost_of is not None and not not_costlier(cost_of(SKIP_OP, stride), cost_of(op, stride)):
             skip = False
@@ -64,7 +64,7 @@ def apply_actions(cell: Cell, actions: Sequence[int] | torch.Tensor) -> Cell:
     acts = actions.tolist() if isinstance(actions, torch.Tensor) else list(actions)
     if len(acts) != cell.num_edges:
         raise ValueError(f"need one action per edge ({cell.num_edges}), got {len(acts)}")
-    ops = [op if a == KEEP else SKIP_OP if a == SKIP else NULL_OP for op, a in zip(cell.ops, acts)]
+    ops = [op if a == KEEP else SKIP_OP if a == SKIP else NULL_OP for op, a in zip(cell.ops, acts, strict=False)]
     return cell.with_ops(ops)
 
 
@@ -74,7 +74,7 @@ def actions_between(src: Cell, dst: Cell) -> list[int] | None:
     if src.inputs != dst.inputs or src.num_edges != dst.num_edges:
         return None
     out = []
-    for a, b in zip(src.ops, dst.ops):
+    for a, b in zip(src.ops, dst.ops, strict=False):
         if canonical_op(a) == canonical_op(b):
             out.append(KEEP)
         elif b == SKIP_OP:

@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from nas_common.data import Split, make_loader
 from scipy.stats import kendalltau
+
+from nas_common.data import Split, make_loader
 
 from .sampling import score_masks
 from .spaces import SupNetSpace

@@ -24,7 +24,7 @@ from torch import nn
 def fold_mul(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x (M*n, C, H, W) times per-mask factors m (M, C) or (M, 1): image block i gets row i of m."""
     M = m.shape[0]
-    if M == x.shape[0]:
+    if x.shape[0] == M:
         return x * m.view(M, m.shape[1], 1, 1)
     return (x.view(M, -1, *x.shape[1:]) * m.view(M, 1, m.shape[1], 1, 1)).view(x.shape)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from nas_common.methods import Budget
 
 from .supernets import Plan, SupNet

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+
 from nas_common.arch import Arch
 from nas_common.config import Config, config_from_dict
 from nas_common.data import make_loader
@@ -255,7 +256,7 @@ class PosteriorSearch:
         masks = draws[sorted(first.values())[:n]]
         acc, _ = score_masks(net, masks, held, fold=config.score_batch)
         return [(Arch(space.name, space.spec_of(m, net_cfg), net_cfg, method=self.name), float(a))
-                for m, a in zip(masks, acc)]
+                for m, a in zip(masks, acc, strict=False)]
 
     def derive(self, result: SearchResult) -> Arch:
         """The best sampled mask as a physically pruned network of the supernet."""

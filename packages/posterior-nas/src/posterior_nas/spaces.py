@@ -18,10 +18,11 @@ import random
 from typing import Any
 
 import torch
+from torch import nn
+
 from nas_common.errors import ArchFileError
 from nas_common.registry import SPACES
 from nas_common.spaces.base import Space
-from torch import nn
 
 from .supernets import PLANS, Plan
 

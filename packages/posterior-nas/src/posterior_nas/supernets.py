@@ -245,7 +245,7 @@ class SupNet(nn.Module):
         parts = torch.split(masks, self.plan.sizes, dim=1)
         dtype = next(self.parameters()).dtype
         try:
-            for gate, m in zip(self._gates.values(), parts):
+            for gate, m in zip(self._gates.values(), parts, strict=False):
                 gate.hard_mask = m.to(dtype)
             yield
         finally:
@@ -296,7 +296,7 @@ class Plan:
     # shared
     def split(self, masks: torch.Tensor) -> Masks:
         """Flat (M, K) masks -> group name -> (M, C_g) bool."""
-        return dict(zip(self.names, torch.split(masks.bool(), self.sizes, dim=1)))
+        return dict(zip(self.names, torch.split(masks.bool(), self.sizes, dim=1), strict=False))
 
     def join(self, masks: Masks) -> torch.Tensor:
         return torch.cat([masks[g] for g in self.names], 1)
@@ -501,7 +501,7 @@ def inherit_weights(pruned: SupNet, supernet: nn.Module, keep: Keep) -> SupNet:
     index = pruned.plan.inherit_index(keep)
     src = supernet.state_dict()
     new = {}
-    for name, t in pruned.state_dict().items():
+    for name, _t in pruned.state_dict().items():
         s = src[name]
         module = name.rsplit(".", 1)[0]
         if module in index and s.dim() >= 1:

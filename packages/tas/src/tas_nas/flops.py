@@ -118,7 +118,7 @@ class FlopTable(nn.Module):
         # stage outputs and block presence from the depth distribution
         dv = model.depth_values
         last = torch.tensor([[vars_s[min(d, len(vars_s)) - 1][-1] for d in row]
-                             for vars_s, row in zip(model.var_of, dv.tolist())])
+                             for vars_s, row in zip(model.var_of, dv.tolist(), strict=False)])
         self.register_buffer("stage_last", last)  # (S, Kd): width variable of the stage's last conv
         blocks = torch.arange(max_b)
         self.register_buffer("keeps", ((dv[:, :, None] > blocks) & model.depth_mask[:, :, None]).double())

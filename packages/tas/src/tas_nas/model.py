@@ -83,7 +83,7 @@ class SearchResNet(nn.Module):
         self.stages = nn.ModuleList()
         self.var_of: list[list[list[int]]] = []  # [stage][block][conv] -> width variable
         v, c = 1, spec["stem"]
-        for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"])):
+        for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"], strict=False)):
             blocks, vars_s = nn.ModuleList(), []
             for b in range(d):
                 stride = 2 if (s > 0 and b == 0) else 1
@@ -184,6 +184,7 @@ def spec_from_indices(layout: dict[str, Any], widx: Sequence[int], didx: Sequenc
     """The resnet spec with width choice `widx[v]` per conv variable and depth choice `didx[s]` per stage."""
     choices, var_of = layout["choices"], layout["var_of"]
     depths = [layout["depth_choices"][s][didx[s]] for s in range(len(var_of))]
-    widths = [[[choices[v][widx[v]] for v in ids] for ids in vars_s[:d]] for vars_s, d in zip(var_of, depths)]
+    widths = [[[choices[v][widx[v]] for v in ids] for ids in vars_s[:d]]
+              for vars_s, d in zip(var_of, depths, strict=True)]
     return {"kind": layout["kind"], "block": layout["block"], "stem": choices[0][widx[0]], "depths": depths,
             "widths": widths}

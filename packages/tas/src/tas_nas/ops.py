@@ -33,7 +33,7 @@ def channelwise_interpolate(x: torch.Tensor, channels: int) -> torch.Tensor:
     return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, h, w)).squeeze(1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cwi_index_cpu(c: int, C: int) -> tuple[torch.Tensor, torch.Tensor]:
     i = torch.arange(C)
     lo = torch.div(i * c, C, rounding_mode="floor")
@@ -115,7 +115,8 @@ class SearchConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int, stride: int, choices: list[int], mix: str = "auto",
                  eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        self.conv = PointwiseConv2d(c_in, c_out, stride) if k == 1 else nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
+        self.conv = (PointwiseConv2d(c_in, c_out, stride) if k == 1
+                     else nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False))
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         self.c_out = c_out
         self.choices = list(choices)
@@ -131,7 +132,7 @@ class SearchConvBN(nn.Module):
         if self.mix == "dense":
             self.register_buffer("cwi", torch.stack([cwi_matrix(c, c_out) for c in self.choices]), persistent=False)
         else:
-            lo, hi = zip(*(cwi_index(c, c_out) for c in self.choices))
+            lo, hi = zip(*(cwi_index(c, c_out) for c in self.choices), strict=False)
             self.register_buffer("cwi_lo", torch.stack(lo), persistent=False)
             self.register_buffer("cwi_hi", torch.stack(hi), persistent=False)
 

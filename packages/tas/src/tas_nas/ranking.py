@@ -52,7 +52,7 @@ def sample_configs(model: SearchResNet, n: int, generator: torch.Generator, max_
     layout = model.layout()
     seen: set[str] = set()
     out: list[Config] = []
-    for w, d in zip(widx, didx):
+    for w, d in zip(widx, didx, strict=False):
         key = json.dumps(spec_from_indices(layout, w.tolist(), d.tolist()), sort_keys=True)
         if key not in seen:
             seen.add(key)
@@ -86,7 +86,7 @@ def _momentum(convs: Sequence[SearchConvBN]) -> Iterator[None]:
     try:
         yield
     finally:
-        for m, mom in zip(convs, saved):
+        for m, mom in zip(convs, saved, strict=False):
             m.momentum = mom
 
 

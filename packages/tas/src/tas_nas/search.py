@@ -101,7 +101,7 @@ class TASSearch:
             valid_loader.set_epoch(epoch)
             model.train()
             sums = torch.zeros(5, device=device)  # train loss, train acc, valid CE, valid acc, flop loss
-            batches = zip(range(steps), train_loader, valid_loader)
+            batches = zip(range(steps), train_loader, valid_loader, strict=False)
             for _, (xt, yt), (xv, yv) in run.progress(batches, desc=f"tas {epoch + 1}/{config.epochs}",
                                                        total=steps):
                 # (i) weight step on a train batch, through a sampled network
@@ -119,7 +119,7 @@ class TASSearch:
                     current = table(*model.argmax_probs())
                 l_flop = flop_loss(table(model.width_probs(), model.depth_probs()), current, target, tol)
                 grads = torch.autograd.grad(ce_v + config.flop_weight * l_flop, arch_params)
-                for p, g in zip(arch_params, grads):
+                for p, g in zip(arch_params, grads, strict=False):
                     p.grad = g
                 a_opt.step()
                 with torch.no_grad():
@@ -226,14 +226,14 @@ class TASSearch:
         if bn_batches > 0:
             loader = make_loader(train_half, min(batch_size, len(train_half)), train=True, augment=False,
                                  device=task.device, seed=task.seed, distributed=False)
-            calibration = [batch for _, batch in zip(range(bn_batches), loader)]
+            calibration = [batch for _, batch in zip(range(bn_batches), loader, strict=False)]
         accs = score_configs(model, configs, held, calibration)
         target, tol = _flop_target(config, (record.get("budget") or {}).get("macs"), FlopTable(model).max_macs)
         prov = {"base": config.base, "target_macs": target, "tolerance_macs": tol, "derived_from": "sampled",
                 "sample_seed": int(seed)}
         layout, net = model.layout(), _net(task)
         return [(_arch(spec_from_indices(layout, w.tolist(), d.tolist()), net, prov).with_costs(), acc)
-                for (w, d), acc in zip(configs, accs)]
+                for (w, d), acc in zip(configs, accs, strict=False)]
 
 
 def _net(task: Task) -> dict[str, Any]:

@@ -33,7 +33,8 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="distributed-cost budget: at most VALUE steps on K workers (BSN); "
                         "= -o distributed_k=K -o budget_distributed=VALUE")
     p.add_argument("--prune-ratio", default=None, metavar="R",
-                   help="keep this fraction of the base network's MACs (TAS; without --budget-macs); = -o prune_ratio=R")
+                   help="keep this fraction of the base network's MACs (TAS; without --budget-macs); "
+                        "= -o prune_ratio=R")
 
 
 @command("search", "search an architecture with a method", arguments)

@@ -23,8 +23,16 @@ from .latency import measure_latency
 from .macs import count_macs
 from .memory import measure_memory, memory_breakdown, weight_bytes
 from .params import count_params
-from .tables import (ConvShape, conv_macs, conv_params, expected_macs, op_costs, resnet_conv_shapes,
-                     shapes_macs, shapes_params)
+from .tables import (
+    ConvShape,
+    conv_macs,
+    conv_params,
+    expected_macs,
+    op_costs,
+    resnet_conv_shapes,
+    shapes_macs,
+    shapes_params,
+)
 
 __all__ = [
     "COSTS", "ConvShape", "conv_macs", "conv_params", "count_costs", "count_macs", "count_params", "expected_macs",

@@ -4,7 +4,8 @@ How the activation part is obtained depends on the device (and the result says w
 
 * CUDA: measured. `torch.cuda.max_memory_allocated` during a forward pass (and backward, with
   `training=True`: then gradients count too) minus what was allocated before it (weights and the
-  input), after resetting the peak statistics. This is the real peak, including the allocator's rounding and any workspace.
+  input), after resetting the peak statistics. This is the real peak, including the allocator's rounding and
+  any workspace.
 * CPU (and other devices): estimated. The bytes of every tensor output by a leaf module during a
   forward pass, summed (a forward hook on each leaf module). This is what a training step keeps for
   the backward pass (an upper bound of an inference peak, which frees activations as it goes);

@@ -140,7 +140,7 @@ def resnet_conv_shapes(spec: dict[str, Any], input: Sequence[int] = (3, 32, 32),
     cur, cur_c = stem.index, stem.c_out
     bottleneck = spec["block"] == "bottleneck"
     shortcuts = spec.get("shortcuts") or [[True] * d for d in spec["depths"]]
-    for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"])):
+    for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"], strict=False)):
         for b in range(d):
             stride = 2 if (s > 0 and b == 0) else 1
             ws = stage[b]

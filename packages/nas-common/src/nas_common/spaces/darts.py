@@ -29,11 +29,26 @@ from ..ops import OPS, PRIMITIVES, FactorizedReduce, Identity, ReLUConvBN, creat
 from ..registry import ARCHS, SPACES
 from .base import Space
 from .darts_blocks import AuxiliaryHead, CellPlan, drop_path, plan_cell, reduction_layers
-from .darts_supernet import (
-    CellChoice, ChoiceEntry, DartsSupernet, cell_choice_from_genotype, edge_index, genotype_from_weights, num_edges,
-)
 from .darts_genotypes import (
-    AMOEBANET_A, DARTS_V1, DARTS_V2, ENAS, GENOTYPES, NASNET_A, PNAS, RESNET_BLOCK, VGG_BLOCK, Genotype,
+    AMOEBANET_A,
+    DARTS_V1,
+    DARTS_V2,
+    ENAS,
+    GENOTYPES,
+    NASNET_A,
+    PNAS,
+    RESNET_BLOCK,
+    VGG_BLOCK,
+    Genotype,
+)
+from .darts_supernet import (
+    CellChoice,
+    ChoiceEntry,
+    DartsSupernet,
+    cell_choice_from_genotype,
+    edge_index,
+    genotype_from_weights,
+    num_edges,
 )
 
 __all__ = [

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Optional
 
 import torch
 from torch import nn
@@ -39,7 +38,7 @@ __all__ = ["CellChoice", "ChoiceEntry", "DartsSupernet", "SupernetCell", "cell_c
            "edge_index", "genotype_from_weights", "num_edges"]
 
 #: One sparse-mode entry: (input_index, op_index, weight or None for 1.0).
-ChoiceEntry = tuple[int, int, Optional[torch.Tensor]]
+ChoiceEntry = tuple[int, int, torch.Tensor | None]
 #: Per intermediate node, its entries.
 CellChoice = Sequence[Sequence[ChoiceEntry]]
 #: op_wrapper(op, primitive_name, C) -> module that replaces op on an edge.
@@ -120,7 +119,7 @@ class _SparsePlan:
 
     __slots__ = ("concat", "needed_inputs", "run")
 
-    def __init__(self, run: list[list[tuple[int, int, Optional[torch.Tensor]]]], needed_inputs: set[int],
+    def __init__(self, run: list[list[tuple[int, int, torch.Tensor | None]]], needed_inputs: set[int],
                  concat: list[int]) -> None:
         self.run, self.needed_inputs, self.concat = run, needed_inputs, concat
 
@@ -331,7 +330,7 @@ class DartsSupernet(nn.Module):
         for c in concat:
             if c not in outputs:
                 raise ValueError(f"{name} concat: node {c} is not an output node of this supernet ({outputs})")
-        entries: list[list[tuple[int, int, Optional[torch.Tensor]]]] = []
+        entries: list[list[tuple[int, int, torch.Tensor | None]]] = []
         nodes = []
         for i, node in enumerate(choice):
             flat = []

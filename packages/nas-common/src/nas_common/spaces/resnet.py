@@ -153,7 +153,7 @@ def _validate(spec: Any) -> dict[str, Any]:
                             f"got {widths if not isinstance(widths, list) else f'{len(widths)} entries'}")
     nconv = convs_per_block(block)
     out_widths = []
-    for s, (d, stage) in enumerate(zip(depths, widths)):
+    for s, (d, stage) in enumerate(zip(depths, widths, strict=False)):
         if not isinstance(stage, list) or len(stage) < d:
             n = len(stage) if isinstance(stage, list) else stage
             raise ArchFileError(f"spec.widths[{s}] must list at least spec.depths[{s}] = {d} blocks, got {n!r}")
@@ -175,7 +175,7 @@ def _validate(spec: Any) -> dict[str, Any]:
             raise ArchFileError(f"spec.shortcuts must be a list with one list of booleans per stage "
                                 f"({len(depths)}), got {shortcuts!r}")
         norm = []
-        for s, (d, stage) in enumerate(zip(depths, shortcuts)):
+        for s, (d, stage) in enumerate(zip(depths, shortcuts, strict=False)):
             if not isinstance(stage, list) or len(stage) < d:
                 raise ArchFileError(f"spec.shortcuts[{s}] must list at least {d} booleans, got {stage!r}")
             for b in range(d):
@@ -194,9 +194,9 @@ def random_resnet_spec(rng: random.Random, base: dict[str, Any], ratios: Sequenc
     widths = [[[rng.choice(width_choices(c, ratios)) for c in blk] for blk in stage] for stage in base["widths"]]
     depths = [rng.randint(1, d) for d in base["depths"]]
     spec = {"kind": base["kind"], "block": base["block"], "stem": rng.choice(width_choices(base["stem"], ratios)),
-            "depths": depths, "widths": [w[:d] for w, d in zip(widths, depths)]}
+            "depths": depths, "widths": [w[:d] for w, d in zip(widths, depths, strict=False)]}
     if "shortcuts" in base:
-        spec["shortcuts"] = [sc[:d] for sc, d in zip(base["shortcuts"], depths)]
+        spec["shortcuts"] = [sc[:d] for sc, d in zip(base["shortcuts"], depths, strict=False)]
     return _validate(spec)
 
 
@@ -276,7 +276,7 @@ class ResNet(nn.Module):
         block_cls = BasicBlock if spec["block"] == "basic" else Bottleneck
         shortcuts = spec.get("shortcuts") or [[True] * d for d in spec["depths"]]
         c = stem
-        for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"])):
+        for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"], strict=False)):
             blocks = []
             for b in range(d):
                 stride = 2 if (s > 0 and b == 0) else 1

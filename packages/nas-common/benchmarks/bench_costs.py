@@ -1,11 +1,12 @@
 """Time to count MACs (torch.utils.flop_counter) of the reference networks, against the published sizes.
 
 Issue 3 asks for under a second each for ResNet-56 and DARTS-V2 on this CPU. "cold" is the first
-count of that network (after a one-time set-up count on a 1x1 conv, reported above the table); "warm" is the median of the
+count of that network (after a one-time set-up count on a 1x1 conv, reported above the table); "warm" is the
+median of the
 next `--repeats` counts; "closed form" is `resnet_conv_shapes` (the cost table TAS uses), no tracing.
 MACs are multiply-accumulates (what the papers call FLOPs).
 
-    python -m tools.bench.bench_costs [--archs resnet56,darts-v2] [--repeats 3]
+    python packages/nas-common/benchmarks/bench_costs.py [--archs resnet56,darts-v2] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import time
 import torch
 
 from nas_common import count_macs, count_params, get_arch
+from nas_common.benchmarking import markdown_table
 from nas_common.costs import resnet_conv_shapes, shapes_macs
 from nas_common.costs.published import PUBLISHED
-
-from .table import markdown_table
 
 
 def _timed(fn):  # noqa: ANN001, ANN202
@@ -50,11 +50,11 @@ def main() -> None:
         arch = get_arch(name)
         model = arch.build()
         shape = tuple(arch.net["input"])
-        macs, cold = _timed(lambda: count_macs(model, shape))
-        warm = statistics.median(_timed(lambda: count_macs(model, shape))[1] for _ in range(args.repeats))
+        macs, cold = _timed(lambda m=model, s=shape: count_macs(m, s))
+        warm = statistics.median(_timed(lambda m=model, s=shape: count_macs(m, s))[1] for _ in range(args.repeats))
         closed = "-"
         if arch.space == "resnet":
-            m2, t = _timed(lambda: shapes_macs(resnet_conv_shapes(arch.spec, shape, arch.net["num_classes"])))
+            m2, t = _timed(lambda a=arch, s=shape: shapes_macs(resnet_conv_shapes(a.spec, s, a.net["num_classes"])))
             assert m2 == macs, (name, m2, macs)
             closed = f"{t * 1e3:.2f} ms"
         rows.append([name, f"{macs / 1e6:.2f}M", f"{count_params(model) / 1e6:.3f}M", _pub(name),

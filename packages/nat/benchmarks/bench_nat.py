@@ -3,12 +3,12 @@
 1. Search time of the `tiny` preset on cifar10-mini (target: under 10 minutes on a CPU), with the input
    and output costs of the transformed architecture:
 
-       python -m tools.bench.bench_nat [--preset tiny] [--input-arch darts-v2] [--out runs/bench_nat]
+       python packages/nat/benchmarks/bench_nat.py [--preset tiny] [--input-arch darts-v2] [--out runs/bench_nat]
 
 2. `--retrain`: the transformed architecture against its input, each retrained from scratch with one
    shared recipe on several seeds (mean and std of the test accuracy; MACs and params):
 
-       python -m tools.bench.bench_nat --retrain --search-dir runs/bench_nat/search [--seeds 5]
+       python packages/nat/benchmarks/bench_nat.py --retrain --search-dir runs/bench_nat/search [--seeds 5]
            [--train-preset darts-eval] [-o epochs=600] [--net-C 36 --net-layers 20]
 
    Without --search-dir it searches first (with --preset). The paper's recipe (DARTS evaluation,
@@ -28,13 +28,12 @@ from typing import Any
 import torch
 
 from nas_common.arch import Arch, load_arch
+from nas_common.benchmarking import markdown_table
 from nas_common.data import get_dataset
 from nas_common.device import resolve_device
 from nas_common.methods import Task
 from nas_common.runs import device_name
 from nas_common.search import run_search
-
-from .table import markdown_table
 
 
 def search(args: argparse.Namespace, out: Path) -> tuple[Arch, dict[str, Any], float]:
@@ -52,7 +51,8 @@ def search_table(args: argparse.Namespace, arch: Arch, metrics: dict[str, Any], 
     dev = resolve_device(args.device)
     c = arch.costs
     row = [args.preset, args.dataset, args.input_arch, device_name(dev), torch.get_num_threads(),
-           f"{seconds / 60:.2f}", f"{metrics['cpu_s'] / 60:.2f}", f"{c['input_macs'] / 1e6:.1f}", f"{c['macs'] / 1e6:.1f}",
+           f"{seconds / 60:.2f}", f"{metrics['cpu_s'] / 60:.2f}",
+           f"{c['input_macs'] / 1e6:.1f}", f"{c['macs'] / 1e6:.1f}",
            f"{c['input_params'] / 1e6:.3f}", f"{c['params'] / 1e6:.3f}",
            f"{metrics.get('input_acc', float('nan')):.3f}", f"{metrics.get('best_acc', float('nan')):.3f}"]
     head = ["preset", "dataset", "input", "device", "threads", "wall min", "CPU min", "MACs in (M)", "MACs out (M)",

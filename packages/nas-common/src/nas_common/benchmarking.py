@@ -1,13 +1,16 @@
-"""Timing helpers shared by the micro-benchmarks: CUDA-synchronised wall clocks, medians over repeats."""
+"""Helpers of the micro-benchmarks (each package's `benchmarks/`) and the harness report: wall clocks
+that wait for the device, medians over repeats, Markdown tables. Installed with nas-common so that a
+package's benchmarks run wherever that package is installed."""
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["median_time", "median_times_interleaved", "sync"]
+__all__ = ["markdown_table", "median_time", "median_times_interleaved", "sync"]
 
 
 def sync(device: torch.device) -> None:
@@ -41,3 +44,21 @@ def median_times_interleaved(fns: list[Callable[[], object]], device: torch.devi
         for k, fn in enumerate(fns):
             times[k].append(_timed(fn, device))
     return [statistics.median(t) for t in times]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if abs(v) >= 1e4 or (abs(v) < 1e-3 and v != 0):
+            return f"{v:.3g}"
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)

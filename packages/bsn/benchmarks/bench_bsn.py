@@ -1,8 +1,8 @@
 """BSN benchmarks: the speed of gated execution, and the `tiny` preset under a MACs budget.
 
-    .venv/bin/python -m tools.bench.bench_bsn                 # both parts
-    .venv/bin/python -m tools.bench.bench_bsn --part speed    # forward+backward steps only
-    .venv/bin/python -m tools.bench.bench_bsn --part tiny     # tiny preset, budget 60% of ResNet-20's MACs
+    python packages/bsn/benchmarks/bench_bsn.py                 # both parts
+    python packages/bsn/benchmarks/bench_bsn.py --part speed    # forward+backward steps only
+    python packages/bsn/benchmarks/bench_bsn.py --part tiny     # tiny preset, budget 60% of ResNet-20's MACs
 
 Part 1 times one forward + backward step of B-ResNet (train mode, batch 64) with every gate on and with
 half of the conv blocks off, for each execution mode of `BSNNetwork` (dense = the official code:
@@ -95,9 +95,11 @@ def tiny(budget_frac: float, out: str | None, device: str, seed: int) -> None:
     m = result.metrics
     print(f"\n### `tiny` preset, cifar10-mini, budget {budget_frac:.0%} of ResNet-20's MACs "
           f"({budget / 1e6:.2f}M), {device}, seed {seed}\n")
-    print("| search wall time | CPU time (all threads) | derived MACs | within budget | params | modules kept | val acc | test acc |")
+    print("| search wall time | CPU time (all threads) | derived MACs | within budget | params | modules kept "
+          "| val acc | test acc |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {wall / 60:.1f} min | {cpu / 60:.1f} min | {arch.costs['macs'] / 1e6:.2f}M ({arch.costs['macs'] / r20:.0%} of R-20) | "
+    print(f"| {wall / 60:.1f} min | {cpu / 60:.1f} min | "
+          f"{arch.costs['macs'] / 1e6:.2f}M ({arch.costs['macs'] / r20:.0%} of R-20) | "
           f"{'yes' if arch.costs['macs'] <= budget else 'NO'} | {arch.costs['params'] / 1e6:.3f}M | "
           f"{m['modules_kept']}/{m['modules_total']} | {m.get('val_acc', float('nan')):.3f} | {m['test_acc']:.3f} |")
     print(f"\nderived: {arch.describe()}; keep = {arch.spec['keep']}; run dir {out_dir}")

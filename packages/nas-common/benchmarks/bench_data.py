@@ -3,7 +3,7 @@
 Both serve augmented (pad-4 crop + flip), normalised float batches of 64; the DataLoader uses the
 standard torchvision transforms per image (PIL, ToTensor, Normalize) with workers.
 
-    python -m tools.bench.bench_data [--epochs 3] [--workers 2]
+    python packages/nas-common/benchmarks/bench_data.py [--epochs 3] [--workers 2]
 """
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+from nas_common.benchmarking import markdown_table
 from nas_common.data import get_dataset, make_loader
 from nas_common.data.datasets import CIFAR_MEAN, CIFAR_STD
-
-from .table import markdown_table
 
 
 class ArrayDataset(Dataset):
@@ -40,7 +39,7 @@ def images_per_s(loader, epochs: int) -> float:  # noqa: ANN001
     for e in range(epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(e)
-        for x, y in loader:
+        for x, _y in loader:
             n += x.shape[0]
     return n / (time.perf_counter() - t0)
 

@@ -1,6 +1,6 @@
 """Speed of the shared DARTS supernet: dense (DARTS mixed op) vs sparse mode vs the discrete network.
 
-    python -m tools.bench.bench_darts_supernet [--device cpu|cuda] [--C 16] [--layers 8] [--batch 64]
+    python packages/nas-common/benchmarks/bench_darts_supernet.py [--device cpu|cuda] [--C 16] [--layers 8] [--batch 64]
 
 (Defaults: C 16, 8 cells, batch 64 on CUDA; C 8, 5 cells, batch 16 on a CPU, to finish in about a minute.)
 
@@ -20,13 +20,11 @@ from collections.abc import Callable
 
 import torch
 
+from nas_common.benchmarking import markdown_table, median_time
 from nas_common.device import resolve_device
 from nas_common.ops import PRIMITIVES
 from nas_common.runs import device_name
 from nas_common.spaces.darts import DARTS_V2, DartsNetwork, DartsSupernet
-
-from .table import markdown_table
-from .timing import median_time
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ the best of the repeats is kept, so that load from other processes hurts both si
 Trainer at >= 0.95x the plain loop's images/s (both NCHW fp32). On CUDA it also compares AMP (bf16) +
 channels_last with fp32; on a CPU, channels_last (the default) with NCHW.
 
-    python -m tools.bench.bench_trainer [--images 1024] [--batch 128] [--epochs 1] [--repeats 2] [--threads N]
+    python packages/nas-common/benchmarks/bench_trainer.py [--images 1024] [--batch 128] [--epochs 1]
+                                                           [--repeats 2] [--threads N]
 """
 from __future__ import annotations
 
@@ -19,13 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from nas_common import Run, get_arch, get_dataset
+from nas_common.benchmarking import markdown_table, sync
 from nas_common.config import resolve_config
 from nas_common.data import make_loader
 from nas_common.device import resolve_device
 from nas_common.train import TrainConfig, Trainer
-
-from .table import markdown_table
-from .timing import sync
 
 
 def _model(device: torch.device, seed: int = 0) -> torch.nn.Module:
@@ -112,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         rows["Trainer + Run (metrics, TB, checkpoint/epoch)"].append(
             trainer_loop(split, args, device, with_run=True, **same))
     base = max(rows["plain PyTorch loop"])
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    dev_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                else f"cpu, {torch.get_num_threads()} threads")
     print(f"ResNet-20, cifar10-mini ({args.images} images), batch {args.batch}, {args.epochs} epoch(s), "
           f"best of {args.repeats}, {dev_name}, torch {torch.__version__}\n")
     print(markdown_table(["loop", "images/s", "ratio vs plain"],

@@ -1,8 +1,8 @@
 """ISTA-NAS cost benchmarks: the sparse search step against the dense DARTS supernet and against the
 discrete network it selects, and the LASSO recovery of all nodes.
 
-    python -m tools.bench.bench_ista [--device cpu|cuda] [--C 16] [--layers 8] [--batch 64]
-    python -m tools.bench.bench_ista --tiny-search      # also time the `tiny` two-stage search
+    python packages/ista-nas/benchmarks/bench_ista.py [--device cpu|cuda] [--C 16] [--layers 8] [--batch 64]
+    python packages/ista-nas/benchmarks/bench_ista.py --tiny-search      # also time the `tiny` two-stage search
 
 Defaults are the paper's search setting (8 cells, C 16, batch 64 as in the issue). One *search step*
 is what ISTA-NAS does per batch: a b step (forward + backward to b + Adam) on a validation batch and a
@@ -32,15 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from ista_nas import ISTA_PRIMITIVES, CompressedCode, genotype_from_support
+from ista_nas.network import search_supernet
+from nas_common.benchmarking import markdown_table, median_times_interleaved
 from nas_common.device import resolve_device
 from nas_common.runs import device_name
 from nas_common.spaces.darts import DartsNetwork, DartsSupernet, spec_to_genotype
-
-from ista_nas import ISTA_PRIMITIVES, CompressedCode, genotype_from_support
-from ista_nas.network import search_supernet
-
-from .table import markdown_table
-from .timing import median_times_interleaved
 
 
 def _saved_bytes(fn: Callable[[], torch.Tensor]) -> int:

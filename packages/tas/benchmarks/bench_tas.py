@@ -10,7 +10,8 @@
    on CPU) and process CPU time (what the wall time is on an idle machine, times the threads used),
    and the derived network's MACs against the target and tolerance.
 
-    python -m tools.bench.bench_tas [--batch 64] [--repeats 5] [--device cpu] [--threads N] [--clock wall|cpu]
+    python packages/tas/benchmarks/bench_tas.py [--batch 64] [--repeats 5] [--device cpu] [--threads N]
+                                                [--clock wall|cpu]
                                     [--mix dense gather] [--tiny] [--no-step] [--prune-ratio R]
 """
 from __future__ import annotations
@@ -23,13 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from nas_common import Task, get_arch, get_dataset
+from nas_common.benchmarking import markdown_table, sync
 from nas_common.device import resolve_device
 from nas_common.search import run_search
 from tas_nas.flops import FlopTable, flop_loss
 from tas_nas.model import SearchResNet, base_spec
-
-from .table import markdown_table
-from .timing import sync
 
 
 def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
@@ -67,7 +66,7 @@ def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
                 cur = table(*model.argmax_probs())
             loss = ce + 2.0 * flop_loss(table(model.width_probs(), model.depth_probs()), cur, target, tol)
             params = model.arch_parameters()
-            for p, g in zip(params, torch.autograd.grad(loss, params)):
+            for p, g in zip(params, torch.autograd.grad(loss, params), strict=False):
                 p.grad = g
             a_opt.step()
 
@@ -91,7 +90,7 @@ def step_costs(args: argparse.Namespace, device: torch.device) -> list[list]:
         for mix, (ws, as_) in searchers.items():
             best[f"w-{mix}"] = min(best.get(f"w-{mix}", 1e9), timed(ws))
             best[f"a-{mix}"] = min(best.get(f"a-{mix}", 1e9), timed(as_))
-            best[f"s-{mix}"] = min(best.get(f"s-{mix}", 1e9), timed(lambda: (ws(), as_())))
+            best[f"s-{mix}"] = min(best.get(f"s-{mix}", 1e9), timed(lambda ws=ws, as_=as_: (ws(), as_())))
     rows = [["2 plain steps, unpruned ResNet-56", best["plain"] * 1e3, 1.0]]
     for mix in searchers:
         rows.append([f"TAS weight step ({mix} mix)", best[f"w-{mix}"] * 1e3, best[f"w-{mix}"] / best["plain"]])
@@ -139,7 +138,8 @@ def main() -> None:
     if args.tiny:
         rows = tiny_run(device, args.prune_ratio)
         print("tiny preset on cifar10-mini (target < 600 s on CPU; MACs within tolerance of the target)\n")
-        print(markdown_table(["run", "wall s", "CPU s (all threads)", "base MMACs", "target MMACs", "tolerance MMACs", "derived MMACs",
+        print(markdown_table(["run", "wall s", "CPU s (all threads)", "base MMACs", "target MMACs", "tolerance MMACs",
+                              "derived MMACs",
                               "fraction of base", "within tolerance", "derived from", "depths"], rows))
 
 

@@ -11,7 +11,8 @@
 3. kendall (optional, --kendall N): Kendall's tau between inherited-weight and stand-alone accuracy
    (short training from scratch) of N masks sampled from the posterior.
 
-    python -m tools.bench.bench_posterior [--seeds 0 1 2] [--jobs 1] [--masks 1000] [--images 500] [--kendall 0]
+    python packages/posterior-nas/benchmarks/bench_posterior.py [--seeds 0 1 2] [--jobs 1] [--masks 1000]
+                                                                [--images 500] [--kendall 0]
 """
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ import time
 from pathlib import Path
 
 import torch
+
 from nas_common import Task, get_dataset
+from nas_common.benchmarking import markdown_table
 from nas_common.config import config_from_dict, resolve_config
 from nas_common.data import make_loader
 from nas_common.runs import provenance
 from nas_common.search import run_search
 from posterior_nas import PosteriorConfig, channel_rates, get_supnet_space, kendall_tau, score_masks, supernet_net
 from posterior_nas.sampling import sample_masks
-
-from .table import markdown_table
 
 
 def _supernet_from_run(run_dir: Path, task: Task):  # noqa: ANN202
@@ -193,7 +194,7 @@ def main() -> None:
         print(markdown_table(["tau", "p-value", "time (s)"], [[k["tau"], k["p_value"], k["time_s"]]]))
         print()
         print(markdown_table(["mask", "inherited acc", "stand-alone acc"],
-                             [[i, a, b] for i, (a, b) in enumerate(zip(k["inherited"], k["standalone"]))]))
+                             [[i, a, b] for i, (a, b) in enumerate(zip(k["inherited"], k["standalone"], strict=True))]))
 
 
 if __name__ == "__main__":
