@@ -10,7 +10,7 @@ from typing import Any
 
 from nas_common.arch import Arch
 from nas_common.config import Config
-from nas_common.methods import SearchResult, Task
+from nas_common.methods import SearchMethod, SearchResult, Task
 from nas_common.spaces.resnet import random_resnet_spec, resnet_spec
 
 
@@ -20,13 +20,14 @@ class FakeConfig(Config):
     PRESETS = {"paper": {}, "tiny": {}}
 
 
-class FakeSearch:
+class FakeSearch(SearchMethod):
     name = "fake"
     config_cls = FakeConfig
+    spaces = ("resnet",)
 
     def search(self, task: Task, config: FakeConfig, run: Any) -> SearchResult:
         spec = random_resnet_spec(random.Random(task.seed), resnet_spec(config.depth))
-        run.checkpoint({"spec": spec}, epoch=1)
+        run.save_state(1, extra={"spec": spec})
         return SearchResult(self.name, state={"spec": spec})
 
     def derive(self, result: SearchResult) -> Arch:

@@ -36,9 +36,9 @@ def _child(job: dict[str, Any]) -> None:
 
 def preload_modules() -> list[str]:
     """What every job imports: loaded once in the fork server (torch, tensorboard, the method packages)."""
-    from nas_common.registry import METHOD_GROUP, _entry_points
+    from nas_common.registry import METHOD_GROUP, METHODS
 
-    methods = sorted({ep.value.split(":")[0] for ep in _entry_points().values() if ep.group == METHOD_GROUP})
+    methods = sorted({ep.value.split(":")[0] for ep in METHODS.entry_points().values() if ep.group == METHOD_GROUP})
     return ["torch", "torch._dynamo", "torch.utils.flop_counter", "torch.utils.tensorboard", "nas_common",
             "nas_common.train", "nas_common.search",
             "scipy.stats", "tools.bench.jobs", *methods]

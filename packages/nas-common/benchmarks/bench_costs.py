@@ -20,8 +20,9 @@ import torch
 
 from nas_common import count_macs, count_params, get_arch
 from nas_common.benchmarking import markdown_table
-from nas_common.costs import resnet_conv_shapes, shapes_macs
+from nas_common.costs import shapes_macs
 from nas_common.costs.published import PUBLISHED
+from nas_common.spaces.resnet import resnet_conv_shapes
 
 
 def _timed(fn):  # noqa: ANN001, ANN202

@@ -19,13 +19,12 @@ from nas_common.costs import (
     measure_memory,
     memory_breakdown,
     op_costs,
-    resnet_conv_shapes,
     shapes_macs,
     shapes_params,
     weight_bytes,
 )
 from nas_common.registry import OPS
-from nas_common.spaces.resnet import ResNet, random_resnet_spec, resnet_spec
+from nas_common.spaces.resnet import ResNet, random_resnet_spec, resnet_conv_shapes, resnet_spec
 
 
 # ---- published figures ---------------------------------------------------------------------------------
@@ -233,14 +232,26 @@ def test_memory_and_latency_on_cuda():
 
 
 # ---- registry ---------------------------------------------------------------------------------------------------
-def test_costs_registry():
-    assert {"macs", "params", "memory", "latency"} <= set(COSTS.names())
+def test_costs_registry_measures_by_key():
+    from nas_common.costs import makespan, measure_cost
+    from nas_common.errors import BudgetError
+
+    assert {"macs", "params", "memory", "latency", "distributed"} <= set(COSTS.names())
     model = get_arch("resnet20").build()
-    assert get_cost("macs")(model, (3, 32, 32)) == count_macs(model, (3, 32, 32))
-    assert get_cost("params")(model, (3, 32, 32)) == count_params(model)
-    assert get_cost("memory")(model, (3, 32, 32)) > 0
+    assert measure_cost(model, "macs", (3, 32, 32)) == count_macs(model, (3, 32, 32))
+    assert measure_cost(model, "params", (3, 32, 32)) == count_params(model)
+    assert measure_cost(model, "memory", (3, 32, 32)) > 0
+    assert measure_cost(nn.Linear(2, 2), "latency:cpu", (2,)) > 0
     with pytest.raises(KeyError, match="did you mean 'macs'"):
         get_cost("mac")
+    with pytest.raises(BudgetError, match="does not describe its DAG"):
+        measure_cost(model, "distributed:2", (3, 32, 32))
+
+    class Dag(nn.Sequential):  # a network that describes its module DAG: a chain a -> b and c alone
+        def module_dag(self):
+            return ["a", "b", "c"], [("a", "b")], {"a": 1, "b": 1, "c": 1}
+
+    assert measure_cost(Dag(), "distributed:2", (1,)) == makespan(["a", "b", "c"], [("a", "b")], None, 2) == 2
 
 
 # ---- the fast counter agrees with FlopCounterMode ------------------------------------------------------------

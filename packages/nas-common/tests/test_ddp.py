@@ -149,3 +149,42 @@ def test_ddp_run_killed_after_an_epoch_resumes_exactly(tmp_path) -> None:
     full = torch.load(tmp_path / "full/model.pt", weights_only=False)["state_dict"]
     cut = torch.load(tmp_path / "cut/model.pt", weights_only=False)["state_dict"]
     assert [k for k in full if not torch.equal(full[k], cut[k])] == []
+
+
+CONTEXT_SCRIPT = textwrap.dedent('''
+    import json, sys, torch
+    from nas_common import SearchContext, dist, get_dataset
+    ctx = SearchContext("cpu")
+    r = ctx.rank
+    out = {"world": ctx.world_size, "distributed": ctx.distributed}
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.full((3,), float(r + 1))            # rank 0: 1, rank 1: 2 -> mean 1.5
+    ctx.all_reduce_grads([p])
+    out["grad"] = p.grad.tolist()
+    out["decided"] = ctx.decide(lambda: {"support": torch.tensor([r, 7]), "note": f"from rank {r}"})
+    out["decided"]["support"] = out["decided"]["support"].tolist()
+    t = torch.full((2,), float(r))
+    out["broadcast"] = ctx.broadcast_(t).tolist()
+    split = get_dataset("cifar10-mini").subset(8, 4).train
+    loader = ctx.loader(split, 2, train=False)
+    out["labels"] = torch.cat([y for _, y in loader]).tolist()
+    net = ctx.wrap(torch.nn.Linear(2, 2))
+    out["wrapped"] = type(net).__name__
+    json.dump(out, open(sys.argv[1] + f"/rank{r}.json", "w"))
+    dist.barrier()
+    dist.cleanup()
+''')
+
+
+def test_search_context_under_torchrun(tmp_path) -> None:
+    script = tmp_path / "ctx.py"
+    script.write_text(CONTEXT_SCRIPT)
+    torchrun(str(script), str(tmp_path))
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and r0["distributed"]
+    assert r0["grad"] == r1["grad"] == [1.5, 1.5, 1.5]
+    assert r0["decided"] == r1["decided"] == {"support": [0, 7], "note": "from rank 0"}
+    assert r0["broadcast"] == r1["broadcast"] == [0.0, 0.0]
+    labels = get_dataset("cifar10-mini").subset(8, 4).train.y.tolist()
+    assert sorted(r0["labels"] + r1["labels"]) == sorted(labels) and len(r0["labels"]) == 4  # disjoint shards
+    assert r0["wrapped"] == "DistributedDataParallel"

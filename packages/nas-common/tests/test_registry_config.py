@@ -21,8 +21,17 @@ def test_registry_rejects_duplicates_and_suggests_names() -> None:
 
 
 def test_register_method_test_hook() -> None:
-    class Fake:
+    from nas_common.methods import SearchMethod
+
+    class Fake(SearchMethod):
         name = "fake-for-registry"
+        config_cls = Config
+
+        def search(self, task, config, run):  # noqa: ANN001, ANN201
+            raise NotImplementedError
+
+        def derive(self, result):  # noqa: ANN001, ANN201
+            raise NotImplementedError
 
     register_method("fake-for-registry", Fake)
     try:
@@ -32,6 +41,8 @@ def test_register_method_test_hook() -> None:
         unregister_method("fake-for-registry")
     with pytest.raises(RegistryError, match="unknown method"):
         get_method("fake-for-registry")
+    with pytest.raises(TypeError, match="SearchMethod subclass"):
+        register_method("not-a-method", object)
 
 
 @dataclass(frozen=True)

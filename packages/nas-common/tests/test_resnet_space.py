@@ -78,7 +78,8 @@ def test_imagenet_macs_equal_torchvision(name, tv):
 def test_imagenet_macs_published():
     # torchvision's metadata: ResNet-18 1.814 GFLOPS, ResNet-50 4.089 (multiply-accumulates); closed-form
     # count here (test_costs checks it equals count_macs), the traced count at 224 is the slow test above
-    from nas_common.costs import resnet_conv_shapes, shapes_macs
+    from nas_common.costs import shapes_macs
+    from nas_common.spaces.resnet import resnet_conv_shapes
 
     for name, macs in (("resnet18", 1.814e9), ("resnet50", 4.089e9)):
         a = get_arch(name)

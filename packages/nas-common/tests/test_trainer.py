@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_common import Arch, Run, get_dataset, seed_everything
+from nas_common import Arch, Run, dist, get_dataset, seed_everything
 from nas_common.config import resolve_config
 from nas_common.errors import ConfigError, RunError
-from nas_common.train import TrainConfig, Trainer, TrainingDiverged, ddp, distill_loss, evaluate, lr_factor, train_arch
+from nas_common.train import TrainConfig, Trainer, TrainingDiverged, distill_loss, evaluate, lr_factor, train_arch
 
 
 def tiny_resnet(num_classes: int = 10) -> Arch:
@@ -96,8 +96,10 @@ def test_train_arch_writes_a_complete_run(tmp_path, mini) -> None:
     assert {"lr", "train_loss", "train_top1", "test_top1", "test_top5", "test_loss"} <= set(recs[-1])
     assert recs[1]["lr"] < recs[0]["lr"]  # cosine
     ck = torch.load(d / "checkpoints/last.pt", weights_only=False)
-    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "config", "arch_digest"} <= set(ck)
-    assert ck["epoch"] == 2 and ck["arch_digest"] == tiny_resnet().digest
+    assert ck["format"] == "nas-ckpt/2" and ck["epoch"] == 2 and len(ck["rng"]) == 1
+    assert set(ck["model"]) == {"model"} and set(ck["optimizers"]) == {"optimizer"}
+    assert set(ck["schedulers"]) == {"scheduler"} and ck["scaler"] is not None
+    assert ck["extra"]["arch_digest"] == tiny_resnet().digest and ck["extra"]["config"]["epochs"] == 2
     result = json.loads((d / "result.json").read_text())
     assert result["metrics"]["test_top1"] == recs[-1]["test_top1"]
     assert {"versions", "device", "seed", "git_commit"} <= set(result["provenance"])
@@ -176,7 +178,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     assert isinstance(e.value, RunError) and "\n" not in msg
     ck = torch.load(run.checkpoint_path, weights_only=False)
     assert ck["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ck["model"]["model"].values() if v.is_floating_point())
 
 
 def test_nan_found_at_epoch_end_when_checks_are_sparse(mini) -> None:
@@ -206,27 +208,28 @@ def test_teacher_switches_to_the_kd_loss(mini, monkeypatch) -> None:
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t0.items())  # the teacher is frozen
 
 
-def test_checkpoint_of_another_architecture_is_refused(mini) -> None:
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, mini) -> None:
     a, b = tiny_resnet(10), tiny_resnet(10).replace(spec={**tiny_resnet().spec, "stem": 8})
-    ta = Trainer(a.build(), cfg(), device="cpu", arch=a)
-    tb = Trainer(b.build(), cfg(), device="cpu", arch=b)
+    run = Run.create(tmp_path / "r", {"kind": "test"}, progress=False)
+    Trainer(a.build(), cfg(epochs=1), run=run, device="cpu", arch=a).fit(mini.train)
+    again = Run.create(tmp_path / "r", {"kind": "test"}, resume=True, progress=False)
     with pytest.raises(RunError, match="another architecture"):
-        tb.load_state_dict(ta.state_dict())
-    tb.arch = None  # without the digest, the weights' shapes still give it away
+        Trainer(b.build(), cfg(epochs=2), run=again, device="cpu", arch=b).fit(mini.train)
+    # without the digest, the weights' shapes still give it away
     with pytest.raises(RunError, match="does not fit"):
-        tb.load_state_dict(ta.state_dict())
+        Trainer(b.build(), cfg(epochs=2), run=again, device="cpu").fit(mini.train)
 
 
 def test_ddp_helpers_are_identities_in_one_process() -> None:
     m = nn.Linear(2, 2)
-    assert ddp.wrap(m, torch.device("cpu")) is m and ddp.unwrap(m) is m
+    assert dist.wrap(m, torch.device("cpu")) is m and dist.unwrap(m) is m
     t = torch.ones(3)
-    assert torch.equal(ddp.all_reduce_sum(t), torch.ones(3))
-    assert ddp.gather_objects("x") == ["x"]
-    d = ddp.weight_digest(m)
+    assert torch.equal(dist.all_reduce_(t), torch.ones(3)) and torch.equal(dist.broadcast_(t), torch.ones(3))
+    assert dist.gather_objects("x") == ["x"] and dist.broadcast_object("y") == "y"
+    d = dist.weight_digest(m)
     with torch.no_grad():
         m.weight[0, 0] += 1e-6
-    assert ddp.weight_digest(m) != d and not math.isnan(len(d))
+    assert dist.weight_digest(m) != d and not math.isnan(len(d))
 
 
 def test_grad_clipping_bounds_the_update(mini) -> None:

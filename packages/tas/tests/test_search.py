@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from nas_common import Budget, ConfigError, Task, get_dataset, resolve_config
-from nas_common.costs.tables import resnet_conv_shapes, shapes_macs
+from nas_common.costs.tables import shapes_macs
 from nas_common.search import run_search
+from nas_common.spaces.resnet import resnet_conv_shapes
 from nas_common.testing import SearchMethodTests
 from tas_nas import TASConfig, TASSearch
 

@@ -22,7 +22,7 @@ from nas_common.arch import Arch
 from nas_common.config import Config, config_from_dict, config_to_dict
 from nas_common.data import Split, make_loader
 from nas_common.errors import BudgetError, ConfigError, RunError
-from nas_common.methods import SearchResult, Task
+from nas_common.methods import CliOption, SearchMethod, SearchResult, Task
 from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .costs import COST_NAMES, cost_table, full_cost, hinge_penalty, min_connected_cost, pattern_costs
@@ -152,10 +152,22 @@ def reinforce_loss(logits: torch.Tensor, gates: torch.Tensor, reward: torch.Tens
     return -(logp * adv).sum()
 
 
-class BSNSearch:
+def _distributed_overrides(value: str) -> dict[str, str]:
+    k, sep, steps = value.partition(":")
+    if not sep or not k.strip().isdigit():
+        raise ConfigError(f"--budget-distributed {value!r} must be K:VALUE, e.g. 2:6 (at most 6 steps on 2 workers)")
+    return {"distributed_k": k.strip(), "budget_distributed": steps.strip()}
+
+
+class BSNSearch(SearchMethod):
     """Budgeted Super Networks (Veniat & Denoyer, CVPR 2018) as a nas_common search method."""
 
     name: ClassVar[str] = "bsn"
+    spaces = ("bsn-resnet", "bsn-cnf")
+    cli_options = (CliOption("--budget-distributed", to_overrides=_distributed_overrides,
+                             metavar="K:VALUE",
+                             help="distributed-cost budget: at most VALUE steps on K workers "
+                                  "(= -o distributed_k=K -o budget_distributed=VALUE)"),)
     budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params")
     config_cls: ClassVar[type] = BSNConfig
 

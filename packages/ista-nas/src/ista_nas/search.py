@@ -28,7 +28,7 @@ from nas_common.arch import Arch
 from nas_common.config import resolve_config
 from nas_common.data import make_loader
 from nas_common.errors import ConfigError, NASError
-from nas_common.methods import SearchResult, Task
+from nas_common.methods import SearchMethod, SearchResult, Task
 from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .coding import CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports
@@ -50,10 +50,11 @@ def _eval_net(config: ISTAConfig, task: Task) -> dict[str, Any]:
             "num_classes": task.num_classes, "input": [c, h, w]}
 
 
-class ISTASearch:
+class ISTASearch(SearchMethod):
     """ISTA-NAS: NAS as sparse coding (two-stage and one-stage). See the module docstring."""
 
     name = "ista-nas"
+    spaces = ("darts", "darts-bn")
     config_cls = ISTAConfig
 
     # ---- entry points ----------------------------------------------------------------------------

@@ -6,15 +6,16 @@ build on it and register through the entry-point group `nas_common.methods`.
 """
 from importlib import metadata as _metadata
 
-from . import costs, errors, ops, registry, spaces  # noqa: F401  (importing them registers ops, spaces, costs)
+from . import costs, dist, errors, oneshot, ops, registry, spaces  # importing registers ops, spaces, costs
 from .arch import Arch, build_model, get_arch, list_archs, load_arch, register_arch, save_arch
 from .config import Config, list_presets, resolve_config
+from .context import SearchContext
 from .costs import count_costs, count_macs, count_params
 from .data import Dataset, Split, get_dataset, list_datasets, make_loader
 from .errors import ArchFileError, BudgetError, ConfigError, DataError, NASError, RunError
-from .methods import Budget, SearchMethod, SearchResult, Task
+from .methods import Budget, CliOption, SearchMethod, SearchResult, Task
 from .registry import get_method, list_methods, register_method
-from .runs import Run, RunInterrupted, load_model, seed_everything
+from .runs import Resumed, Run, RunInterrupted, load_model, seed_everything
 from .spaces import get_space, list_spaces
 
 try:
@@ -24,10 +25,11 @@ except _metadata.PackageNotFoundError:  # pragma: no cover
 
 
 __all__ = [
-    "Arch", "ArchFileError", "Budget", "BudgetError", "Config", "ConfigError", "DataError", "Dataset",
-    "NASError", "Run", "RunError", "RunInterrupted", "SearchMethod", "SearchResult", "Split", "Task",
+    "Arch", "ArchFileError", "Budget", "BudgetError", "CliOption", "Config", "ConfigError", "DataError", "Dataset",
+    "NASError", "Resumed", "Run", "RunError", "RunInterrupted", "SearchContext", "SearchMethod", "SearchResult",
+    "Split", "Task",
     "build_model", "count_costs", "count_macs", "count_params", "get_arch", "get_dataset", "get_method",
     "get_space", "list_archs", "list_datasets", "list_methods", "list_presets", "list_spaces", "load_arch",
     "load_model", "make_loader", "register_arch", "register_method", "resolve_config", "save_arch",
-    "seed_everything", "errors", "registry",
+    "seed_everything", "costs", "dist", "errors", "oneshot", "ops", "registry", "spaces",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from .errors import ArchFileError, RegistryError
+from .io import atomic_write_text
 from .registry import ARCHS, SPACES
 
 FORMAT = "nas-arch/1"
@@ -120,22 +120,6 @@ def _from_dict(data: Any) -> Arch:
     if not isinstance(prov, dict):
         raise ArchFileError(f"provenance must be an object, got {prov!r}")
     return Arch(space_name, spec, net, {k: float(v) for k, v in costs.items()}, method, prov)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and os.replace: never half-written."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_arch(arch: Arch, path: str | Path) -> Path:

@@ -38,7 +38,11 @@ def add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser of `nas`; a command whose `arguments(p, argv)` takes the command line too can add
+    options that depend on it (`nas search METHOD` adds the method's own flags)."""
+    import inspect
+
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="nas", description="NAS and structured pruning under a cost budget")
@@ -52,13 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
     for name, (add_args, run, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        add_args(p)
+        if len(inspect.signature(add_args).parameters) > 1:
+            add_args(p, list(argv))
+        else:
+            add_args(p)
         p.set_defaults(_run=run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(argv)
+    except NASError as e:  # e.g. a method named on the command line whose package cannot load
+        print(f"nas: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

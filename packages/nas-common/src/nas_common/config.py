@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import tomllib
 import types
@@ -262,6 +263,11 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _toml_key(k: str) -> str:
+    """A bare key when TOML allows one, else a quoted one (`"distributed:2"`)."""
+    return k if k and all(c.isalnum() or c in "-_" for c in k) else json.dumps(k)
+
+
 def to_toml(data: Mapping[str, Any]) -> str:
     """A small TOML writer for config dicts (scalars, arrays, nested tables; None values are left out)."""
     lines: list[str] = []
@@ -270,9 +276,9 @@ def to_toml(data: Mapping[str, Any]) -> str:
         if v is None:
             continue
         if isinstance(v, Mapping):
-            tables.append((k, v))
+            tables.append((_toml_key(k), v))
         else:
-            lines.append(f"{k} = {_toml_value(v)}")
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
 
     def emit(prefix: str, table: Mapping[str, Any]) -> None:
         lines.append("")
@@ -282,9 +288,9 @@ def to_toml(data: Mapping[str, Any]) -> str:
             if v is None:
                 continue
             if isinstance(v, Mapping):
-                subs.append((f"{prefix}.{k}", v))
+                subs.append((f"{prefix}.{_toml_key(k)}", v))
             else:
-                lines.append(f"{k} = {_toml_value(v)}")
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
         for p, t in subs:
             emit(p, t)
 

@@ -101,61 +101,116 @@ DATASETS: Registry[Any] = Registry("dataset")
 COSTS: Registry[Any] = Registry("cost")
 ARCHS: Registry[Any] = Registry("architecture", entry_point_group=SPACE_GROUP)
 
-# methods registered in-process (tests, notebooks) on top of the entry points
-_EXTRA_METHODS: dict[str, Any] = {}
+
+class MethodRegistry(Registry[Any]):
+    """The methods: `SearchMethod` subclasses from the entry-point group `nas_common.methods`.
+
+    Entry points are discovered on first use and each is imported only when its method is asked for,
+    so `nas search tas` does not import the other packages. Two entry points with one name raise (a
+    duplicate is a bug); so does an entry point whose class is not a SearchMethod named like it.
+    `NAS_EXTRA_METHODS="name=module:Class,..."` adds entry points (a test hook that crosses processes).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("method", entry_point_group=METHOD_GROUP)
+        self._eps: dict[str, metadata.EntryPoint] | None = None
+        # set by nas_common.methods (which imports this module, not the other way round): raises
+        # TypeError for anything that is not a complete SearchMethod subclass
+        self.validate: Callable[[Any], None] = lambda cls: None
+
+    def entry_points(self) -> dict[str, metadata.EntryPoint]:
+        import os
+
+        if self._eps is None:
+            found: dict[str, metadata.EntryPoint] = {}
+            for ep in metadata.entry_points(group=METHOD_GROUP):
+                if ep.name in found and found[ep.name].value != ep.value:
+                    raise RegistryError(f"method {ep.name!r} is registered twice: by {_provider(found[ep.name])} "
+                                        f"and by {_provider(ep)}; uninstall one of them")
+                found[ep.name] = ep
+            self._eps = found
+        eps = dict(self._eps)
+        for item in filter(None, os.environ.get(EXTRA_METHODS_ENV, "").split(",")):
+            name, _, value = item.partition("=")
+            if name.strip() and value.strip():
+                eps[name.strip()] = metadata.EntryPoint(name.strip(), value.strip(), METHOD_GROUP)
+        return eps
+
+    def _load_plugins(self) -> None:  # names() and items(): load every method
+        for name in self.entry_points():
+            if name not in self._items:
+                self._load(name)
+
+    def _load(self, name: str) -> Any:
+        ep = self.entry_points()[name]
+        cls = ep.load()
+        try:
+            self.validate(cls)
+        except TypeError as e:
+            raise RegistryError(f"entry point {name!r} ({ep.value}): {e}") from None
+        if cls.name != name:
+            raise RegistryError(f"entry point {name!r} ({ep.value}) loads a method named {cls.name!r}")
+        self._items[name] = cls
+        return cls
+
+    def get(self, name: str) -> Any:
+        if name in self._items:
+            return self._items[name]
+        if name in self.entry_points():
+            return self._load(name)
+        names = sorted(set(self.entry_points()) | set(self._items))
+        close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise RegistryError(f"unknown method {name!r}: {hint}installed: {', '.join(names) or 'none'} "
+                            f"(install a method package, e.g. `pip install ista-nas`)")
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        keys = sorted(set(self.entry_points()) | set(self._items))
+        return [k for k in keys if fnmatch.fnmatch(k, pattern)] if pattern else keys
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items or name in self.entry_points()
+
+    def register(self, name: str | None = None, obj: Any = None) -> Any:
+        self.validate(obj)
+        key = name or obj.name
+        if key in self:
+            raise RegistryError(f"method {key!r} is registered twice")
+        return super().register(key, obj)
+
+
+def _provider(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"{dist.name} ({ep.value})" if dist is not None else ep.value
+
+
 # test hook that crosses process boundaries (the harness runs jobs in subprocesses):
 # NAS_EXTRA_METHODS="name=module:Class,other=module:Class" adds methods as if they were entry points
 EXTRA_METHODS_ENV = "NAS_EXTRA_METHODS"
+METHODS = MethodRegistry()
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    import os
-
-    eps = {ep.name: ep for ep in metadata.entry_points(group=METHOD_GROUP)}
-    for item in filter(None, os.environ.get(EXTRA_METHODS_ENV, "").split(",")):
-        name, _, value = item.partition("=")
-        if name.strip() and value.strip():
-            eps[name.strip()] = metadata.EntryPoint(name.strip(), value.strip(), METHOD_GROUP)
-    return eps
-
-
-def list_methods() -> list[str]:
+def list_methods(pattern: str | None = None) -> list[str]:
     """Names of the installed methods (entry points) and those registered in-process."""
-    return sorted(set(_entry_points()) | set(_EXTRA_METHODS))
+    return METHODS.names(pattern)
 
 
 def get_method(name: str) -> Any:
     """The method class registered under `name`, loading its package on first use."""
-    if name in _EXTRA_METHODS:
-        return _EXTRA_METHODS[name]
-    eps = _entry_points()
-    if name not in eps:
-        names = list_methods()
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        installed = ", ".join(names) or "none"
-        raise RegistryError(
-            f"unknown method {name!r}: {hint}installed: {installed} "
-            f"(install a method package, e.g. `pip install ista-nas`)"
-        )
-    return eps[name].load()
+    return METHODS.get(name)
 
 
 def method_version(name: str) -> str | None:
     """The version of the distribution that provides method `name`, if it comes from one."""
-    ep = _entry_points().get(name)
-    if ep is None or ep.dist is None:
-        return None
-    return ep.dist.version
+    ep = METHODS.entry_points().get(name)
+    dist = getattr(ep, "dist", None) if ep is not None else None
+    return dist.version if dist is not None else None
 
 
 def register_method(name: str, cls: Any) -> Any:
-    """Register a method class in this process (the test hook; packages use entry points)."""
-    if name in _EXTRA_METHODS or name in _entry_points():
-        raise RegistryError(f"method {name!r} is registered twice")
-    _EXTRA_METHODS[name] = cls
-    return cls
+    """Register a method class in this process (tests and notebooks; packages use entry points)."""
+    return METHODS.register(name, cls)
 
 
 def unregister_method(name: str) -> None:
-    _EXTRA_METHODS.pop(name, None)
+    METHODS.unregister(name)

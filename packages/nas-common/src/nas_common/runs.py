@@ -1,17 +1,32 @@
-"""A run directory: everything one search or training run writes, and what makes it resumable.
+"""A run directory: everything one search or training run writes, what makes it resumable, and how a
+finished run is read back.
 
-    DIR/config.toml      the resolved config (and what kind of run, method, dataset, seed)
+    DIR/.nas-run         the marker: this folder is a nas run (only such a folder is ever overwritten)
+    DIR/config.toml      the record: kind, method, dataset, seed, budget and the resolved config
     DIR/arch.json        the architecture (found or trained)
-    DIR/metrics.jsonl    one JSON object per logged step/epoch
+    DIR/metrics.jsonl    one JSON object per logged step (key "step")
     DIR/tb/              TensorBoard scalars
-    DIR/checkpoints/     last.pt, written atomically every epoch (model, optimizers, RNG states, step)
+    DIR/checkpoints/     last.pt, written atomically (see "Checkpoints")
+    DIR/model.pt         trained weights with their architecture ("nas-model/1"), when there are any
     DIR/result.json      final numbers with provenance (versions, device, seed, git commit, wall time)
 
-Only rank 0 writes. A directory that holds another run is refused unless `resume` or `overwrite`.
+Only rank 0 writes. A directory that holds another run is refused unless `resume` or `overwrite`;
+`overwrite` replaces only a folder that carries the marker, and only the files a run writes.
+
+Checkpoints (`Run.save_state` / `Run.resume`), format "nas-ckpt/2": a dict with
+    format        "nas-ckpt/2"
+    epoch         epochs completed;  step: a finer counter if the run keeps one (else None)
+    log_step      the last `step` logged to metrics.jsonl (a resume drops later records)
+    record        the run's config.toml record (what made the run)
+    versions      package versions; world_size: the ranks that wrote it
+    rng           every rank's RNG states (python, numpy, torch, cuda), indexed by rank
+    model         {name: state_dict} of the modules (a single module is stored as "model")
+    optimizers    {name: state_dict};  schedulers: {name: state_dict};  scaler: state_dict or None
+    extra         {name: value}: whatever else the run needs to continue exactly (tensors, Python values)
+Components are saved and restored by name, so a method lists what it has and `resume` puts each back.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -19,9 +34,10 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Iterator
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,19 +46,24 @@ import numpy as np
 import torch
 
 from . import dist
-from .arch import Arch, atomic_write_text, load_arch, save_arch
-from .config import load_toml, to_toml
+from .arch import Arch, load_arch, save_arch
+from .config import load_toml, resolve_config, to_toml
 from .errors import ConfigError, RunError
+from .io import append_line, atomic_save, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from .methods import Task
 
 T = TypeVar("T")
 
-CHECKPOINT_FORMAT = "nas-ckpt/1"
+CHECKPOINT_FORMAT = "nas-ckpt/2"
+LEGACY_CHECKPOINT_FORMAT = "nas-ckpt/1"  # written by the deprecated Run.checkpoint
 MODEL_FORMAT = "nas-model/1"
+MARKER = ".nas-run"
+MARKER_FORMAT = "nas-run/1"
 INTERRUPT_ENV = "NAS_INTERRUPT_AFTER_EPOCH"
-_RUN_FILES = ("config.toml", "checkpoints", "result.json", "metrics.jsonl")
+#: what a run writes: `--overwrite` removes these and nothing else
+RUN_FILES = ("config.toml", "arch.json", "metrics.jsonl", "tb", "checkpoints", "model.pt", "result.json", MARKER)
 
 
 class RunInterrupted(Exception):
@@ -69,8 +90,10 @@ def package_versions() -> dict[str, str]:
              "numpy"]
     out = {}
     for n in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
+        try:
             out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            continue
     return out
 
 
@@ -122,71 +145,153 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ---- what a resume gives back -------------------------------------------------------------------------
+
+@dataclass
+class Resumed:
+    """The position a resumed run continues from (its components are already restored)."""
+
+    epoch: int
+    step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Components = Mapping[str, Any] | Any  # a mapping name -> object with state_dict(), or one such object
+
+
+def _named(components: Components | None, default: str) -> dict[str, Any]:
+    if components is None:
+        return {}
+    if isinstance(components, Mapping):
+        return dict(components)
+    return {default: components}
+
+
+def _state_dict(obj: Any) -> Any:
+    return dist.unwrap(obj).state_dict() if isinstance(obj, torch.nn.Module) else obj.state_dict()
 
 
 # ---- the run ----------------------------------------------------------------------------------------
 
 class Run:
-    """One run directory. Create with `Run.create`; methods and the Trainer log and checkpoint through it."""
+    """One run directory. `Run.create` opens one for writing (or resuming), `Run.open` a finished one
+    for reading; methods and the Trainer log and checkpoint through it."""
 
     def __init__(self, path: str | Path, *, resume: bool = False, interrupt_after: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, record: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.resume = resume
+        self.resume_requested = resume
         env = os.environ.get(INTERRUPT_ENV)
         self.interrupt_after = interrupt_after if interrupt_after is not None else (int(env) if env else None)
         self._hard_interrupt = interrupt_after is None and env is not None
         self.show_progress = progress
+        self._record = record
         self._tb: Any = None
         self._t0 = time.time()
+        self._log_step = 0
 
     # -- creation -------------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: dict[str, Any] | None = None, *, resume: bool = False,
-               overwrite: bool = False, interrupt_after: int | None = None, progress: bool = True) -> Run:
-        """Open `path` for a new run (refusing one that holds another run) or for resuming."""
-        p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise RunError(f"output {str(p)!r} is a file, not a directory: choose another --out")
-        holds_run = p.is_dir() and any((p / f).exists() for f in _RUN_FILES)
-        if holds_run and not (resume or overwrite):
-            raise RunError(f"{str(p)!r} already holds a run: pass --resume to continue it, "
-                           f"--overwrite to replace it, or choose another --out")
+               overwrite: bool = False, interrupt_after: int | None = None, progress: bool = True,
+               dry_run: bool = False) -> Run:
+        """Open `path` for a new run (refusing one that holds another run) or for resuming it.
+
+        Every refusal comes before anything is written. `dry_run` makes only the checks (a caller that
+        has more checks of its own runs them in between, then creates the run)."""
+        p = check_output_dir(path, resume=resume, overwrite=overwrite)
+        holds_run = _holds_run(p)
         if resume and not holds_run:
             resume = False  # nothing to resume: start fresh (like Lightning's ckpt_path="last" hint)
         if resume and config is not None and (p / "config.toml").exists():
-            import tomllib
-
-            old = tomllib.loads((p / "config.toml").read_text())
+            old = _read_toml(p / "config.toml")
             new = tomllib.loads(to_toml(config))
             if _strip_volatile(old) != _strip_volatile(new):
-                raise RunError(f"{str(p)!r} was made with a different config; resume with the same options "
-                               f"or pass --overwrite to start again")
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise RunError(f"{str(p)!r} was made with a different {', '.join(changed)}: resume with the same "
+                               f"options, or pass --overwrite to start again")
+        if dry_run:
+            return cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
         dist.barrier()  # every rank has looked at the directory before rank 0 changes it (else ranks disagree)
         if dist.is_main():
             if overwrite and holds_run:
-                for f in (*_RUN_FILES, "arch.json", "tb", "model.pt"):
+                for f in RUN_FILES:
                     q = p / f
-                    if q.is_dir():
+                    if q.is_dir() and not q.is_symlink():
                         shutil.rmtree(q)
-                    elif q.exists():
+                    elif q.exists() or q.is_symlink():
                         q.unlink()
             p.mkdir(parents=True, exist_ok=True)
+            if not (p / MARKER).exists():
+                atomic_write_json(p / MARKER, {"format": MARKER_FORMAT, "kind": (config or {}).get("kind"),
+                                               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             if config is not None:
                 atomic_write_text(p / "config.toml", to_toml(config))
         dist.barrier()
-        return cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress)
+        return cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
+
+    @classmethod
+    def open(cls, path: str | Path, *, method: str | None = None, task: Task | None = None,
+             same_seed: bool = True) -> Run:
+        """A finished (or stopped) run, for reading: `.record`, `.config(cls)`, `.arch`, `.result`,
+        `.final_state()`, `.load_final(...)`, `.model()`.
+
+        With `method`, the run must be a `nas search <method>` run; with `task`, it must have been made
+        on the task's dataset and (with `same_seed`) with its seed, since held-out splits depend on both.
+        One-line RunError/ConfigError otherwise."""
+        p = Path(path)
+        what = f"`nas search {method}`" if method else "`nas search` or `nas train`"
+        if not p.is_dir():
+            raise RunError(f"run directory {str(p)!r} does not exist: give the --out directory of a finished "
+                           f"{what} run")
+        f = p / "config.toml"
+        if not f.is_file():
+            raise RunError(f"{f} does not exist: give the --out directory of a finished {what} run")
+        record = _read_toml(f)
+        if method is not None and record.get("method") != method:
+            raise RunError(f"{str(p)!r} holds a {record.get('method') or record.get('kind')!r} run, not a {what} run")
+        if task is not None:
+            if same_seed and "seed" in record and int(record["seed"]) != task.seed:
+                raise ConfigError(f"{str(p)!r} was searched with seed {record['seed']} but the task has seed "
+                                  f"{task.seed}: its held-out data depends on the seed, so pass a Task with "
+                                  f"seed={record['seed']}")
+            if record.get("dataset", task.dataset.name) != task.dataset.name:
+                raise ConfigError(f"{str(p)!r} was made on {record['dataset']!r}, the task's data is "
+                                  f"{task.dataset.name!r}: pass a Task on the run's dataset")
+        return cls(p, record=record, progress=False)
+
+    # -- what the run is ----------------------------------------------------------------------------
+    @property
+    def record(self) -> dict[str, Any]:
+        """The config.toml record (kind, method, preset, dataset, seed, budget, config)."""
+        if self._record is None:
+            self._record = _read_toml(self.path / "config.toml")
+        return self._record
+
+    def config(self, cls: type[T]) -> T:
+        """The run's resolved config as `cls` (the method's or the Trainer's config class)."""
+        return resolve_config(cls, preset=None, file=self.record.get("config", {}))
+
+    @property
+    def arch(self) -> Arch:
+        return load_arch(self.path / "arch.json")
+
+    def load_arch(self) -> Arch:
+        return self.arch
+
+    @property
+    def result(self) -> dict[str, Any]:
+        f = self.path / "result.json"
+        if not f.is_file():
+            raise RunError(f"{str(self.path)!r} has no result.json: the run has not finished "
+                           f"(continue it with --resume)")
+        try:
+            return json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{f} is not valid JSON ({e}): the run did not finish writing it") from None
+
+    def model(self, map_location: Any = "cpu") -> torch.nn.Module:
+        return load_model(self.path, map_location)
 
     # -- logging --------------------------------------------------------------------------------
     @property
@@ -199,11 +304,11 @@ class Run:
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append one record to metrics.jsonl and scalars to TensorBoard (rank 0 only)."""
+        self._log_step = max(self._log_step, int(step))
         if not dist.is_main():
             return
         rec = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_line(self.path / "metrics.jsonl", json.dumps(rec))
         tb = self.tb
         for k, v in rec.items():
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -211,8 +316,7 @@ class Run:
         tb.flush()
 
     def metrics(self) -> list[dict[str, Any]]:
-        f = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+        return _read_jsonl(self.path / "metrics.jsonl")
 
     def progress(self, iterable: Iterable[T], desc: str = "", total: int | None = None, leave: bool = False
                  ) -> Iterator[T]:
@@ -227,16 +331,110 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoints" / "last.pt"
 
-    def checkpoint(self, state: dict[str, Any], epoch: int) -> None:
-        """Save `state` (plus RNG states and `epoch`) atomically as checkpoints/last.pt.
-
-        `epoch` is the number of epochs completed. Afterwards the test hook may interrupt the run.
-        """
+    def save_state(self, epoch: int, *, model: Components | None = None, optimizers: Components | None = None,
+                   schedulers: Components | None = None, scaler: Any = None, extra: Mapping[str, Any] | None = None,
+                   step: int | None = None) -> None:
+        """Checkpoint the run after `epoch` completed epochs (atomically; rank 0 writes, every rank's RNG
+        state is kept). Then the test hook may interrupt the run (`interrupt_after`)."""
+        rngs = dist.gather_objects(rng_state())
         if dist.is_main():
-            payload = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "rng": rng_state(),
-                       "versions": package_versions(), **state}
-            atomic_torch_save(payload, self.checkpoint_path)
+            payload = {
+                "format": CHECKPOINT_FORMAT, "epoch": int(epoch), "step": step, "log_step": self._log_step,
+                "record": self._record, "versions": package_versions(), "world_size": dist.world_size(),
+                "rng": rngs,
+                "model": {k: _state_dict(v) for k, v in _named(model, "model").items()},
+                "optimizers": {k: v.state_dict() for k, v in _named(optimizers, "optimizer").items()},
+                "schedulers": {k: v.state_dict() for k, v in _named(schedulers, "scheduler").items()},
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "extra": dict(extra or {}),
+            }
+            atomic_save(payload, self.checkpoint_path)
         dist.barrier()
+        self._maybe_interrupt(epoch)
+
+    def resume(self, *, model: Components | None = None, optimizers: Components | None = None,
+               schedulers: Components | None = None, scaler: Any = None, map_location: Any = "cpu") -> Resumed | None:
+        """When resuming and a checkpoint exists: restore every named component from it, this rank's RNG
+        states, drop metrics logged after it, and return where to continue; else None (start afresh)."""
+        if not self.resume_requested or not self.checkpoint_path.exists():
+            return None
+        state = self._load_checkpoint(map_location)
+        source = str(self.checkpoint_path)
+        for kind, given in (("model", _named(model, "model")), ("optimizers", _named(optimizers, "optimizer")),
+                            ("schedulers", _named(schedulers, "scheduler"))):
+            saved = state.get(kind) or {}
+            missing = sorted(set(given) - set(saved))
+            if missing:
+                raise RunError(f"{source} has no {kind} {', '.join(missing)} (it holds {', '.join(saved) or 'none'}): "
+                               f"it was written by another version of this run; pass --overwrite to start again")
+            for name, obj in given.items():
+                try:
+                    (dist.unwrap(obj) if isinstance(obj, torch.nn.Module) else obj).load_state_dict(saved[name])
+                except (RuntimeError, ValueError, KeyError) as e:
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise RunError(f"{source}: {kind} {name!r} does not fit ({first}); pass --overwrite to "
+                                   f"start again") from None
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rngs = state.get("rng") or []
+        if len(rngs) == dist.world_size():
+            set_rng_state(rngs[dist.rank()])
+        elif rngs:
+            dist.rank_zero_warn(f"{source} was written by {len(rngs)} rank(s), this run has {dist.world_size()}: "
+                                f"every rank continues from rank 0's random state, so the resumed run is valid "
+                                f"but not bit-identical to an uninterrupted one")
+            set_rng_state(rngs[0])
+        self._log_step = int(state.get("log_step") or state["epoch"])
+        self._trim_metrics(self._log_step)
+        return Resumed(epoch=int(state["epoch"]), step=state.get("step"), extra=dict(state.get("extra") or {}))
+
+    def final_state(self, epochs: int | None = None, map_location: Any = "cpu", keys: Iterable[str] = ()
+                    ) -> dict[str, Any]:
+        """The last checkpoint of a run that finished its `epochs` and saved the `model` components
+        `keys`; one-line RunError for a missing, unreadable or foreign checkpoint, or an unfinished run
+        (saying how to resume it)."""
+        what = f"`nas search {self.record.get('method')}`" if self.record.get("method") else "nas"
+        if not self.checkpoint_path.is_file():
+            raise RunError(f"{self.checkpoint_path} does not exist: give the --out directory of a finished "
+                           f"{what} run")
+        state = self._load_checkpoint(map_location)
+        missing = [k for k in keys if k not in (state.get("model") or {})]
+        if missing:
+            raise RunError(f"{self.checkpoint_path} holds no {', '.join(missing)}: it is not a checkpoint of "
+                           f"a {what} run")
+        if epochs is not None and int(state["epoch"]) < epochs:
+            raise RunError(f"the run in {str(self.path)!r} stopped after epoch {state['epoch']} of {epochs}: "
+                           f"finish it with `... --out {self.path} --resume`")
+        return state
+
+    def load_final(self, epochs: int | None = None, *, model: Components | None = None,
+                   map_location: Any = "cpu") -> dict[str, Any]:
+        """Load the final checkpoint's `model` components into the given modules; returns its `extra`."""
+        given = _named(model, "model")
+        state = self.final_state(epochs, map_location, keys=given)
+        for name, module in given.items():
+            try:
+                dist.unwrap(module).load_state_dict(state["model"][name])
+            except RuntimeError:
+                raise RunError(f"the {name!r} saved in {self.checkpoint_path} does not fit the network built for "
+                               f"this task (other classes or input shape?): use the task the run was made "
+                               f"with") from None
+        return dict(state.get("extra") or {})
+
+    def _load_checkpoint(self, map_location: Any) -> dict[str, Any]:
+        try:
+            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: whatever torch.load raises
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunError(f"cannot read checkpoint {self.checkpoint_path}: {first}; pass --overwrite to start "
+                           f"again") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            fmt = state.get("format") if isinstance(state, dict) else None
+            raise RunError(f"{self.checkpoint_path} is not a {CHECKPOINT_FORMAT} checkpoint (format {fmt!r}): "
+                           f"pass --overwrite to start again")
+        return state
+
+    def _maybe_interrupt(self, epoch: int) -> None:
         if self.interrupt_after is not None and epoch >= self.interrupt_after:
             if self._hard_interrupt:
                 sys.stdout.flush()
@@ -244,35 +442,29 @@ class Run:
                 os._exit(75)  # like a kill: no cleanup, no result
             raise RunInterrupted(f"interrupted after epoch {epoch} (test hook)")
 
-    def restore(self, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """When resuming: the last checkpoint's state (RNG states restored), else None."""
-        if not self.resume or not self.checkpoint_path.exists():
-            return None
-        try:
-            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
-        except Exception as e:  # a truncated or foreign file
-            raise RunError(f"cannot read checkpoint {self.checkpoint_path}: {e}; "
-                           f"pass --overwrite to start again") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise RunError(f"{self.checkpoint_path} is not a nas checkpoint; pass --overwrite to start again")
-        set_rng_state(state["rng"])
-        return state
+    def _trim_metrics(self, last_step: int) -> None:
+        """Drop metrics.jsonl records logged after the checkpoint (written before a kill)."""
+        f = self.path / "metrics.jsonl"
+        if not dist.is_main() or not f.exists():
+            return
+        recs = _read_jsonl(f)
+        keep = [r for r in recs if int(r.get("step", 0)) <= last_step]
+        raw = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()]
+        if len(keep) != len(raw):
+            atomic_write_text(f, "".join(json.dumps(r) + "\n" for r in keep))
 
     # -- results --------------------------------------------------------------------------------
     def save_arch(self, arch: Arch) -> Path | None:
         return save_arch(arch, self.path / "arch.json") if dist.is_main() else None
 
-    def load_arch(self) -> Arch:
-        return load_arch(self.path / "arch.json")
-
     def save_model(self, model: torch.nn.Module, arch: Arch) -> Path | None:
         """Write the trained weights as model.pt (with the arch), so `load_model(DIR)` rebuilds them."""
         if not dist.is_main():
             return None
-        module = getattr(model, "module", model)  # unwrap DDP
+        module = dist.unwrap(model)
         payload = {"format": MODEL_FORMAT, "arch": arch.to_dict(),
                    "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()}}
-        atomic_torch_save(payload, self.path / "model.pt")
+        atomic_save(payload, self.path / "model.pt")
         return self.path / "model.pt"
 
     def write_result(self, result: dict[str, Any], device: Any = None, seed: int | None = None) -> None:
@@ -280,12 +472,81 @@ class Run:
             return
         out = {**{k: _jsonable(v) for k, v in result.items()}, "wall_time_s": time.time() - self._t0,
                "provenance": provenance(device, seed)}
-        atomic_write_text(self.path / "result.json", json.dumps(out, indent=2) + "\n")
+        atomic_write_json(self.path / "result.json", out)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    # -- the previous checkpoint API, "nas-ckpt/1" (until every method uses save_state/resume) ------
+    def checkpoint(self, state: dict[str, Any], epoch: int) -> None:
+        """Deprecated: use `save_state`. Writes `state` at the top level of a "nas-ckpt/1" checkpoint."""
+        if dist.is_main():
+            atomic_save({"format": LEGACY_CHECKPOINT_FORMAT, "epoch": epoch, "rng": rng_state(),
+                         "versions": package_versions(), **state}, self.checkpoint_path)
+        dist.barrier()
+        self._maybe_interrupt(epoch)
+
+    def restore(self, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """Deprecated: use `resume`. The "nas-ckpt/1" checkpoint's state (RNG states restored), else None."""
+        if not self.resume_requested or not self.checkpoint_path.exists():
+            return None
+        state = _load_legacy(self.checkpoint_path, map_location)
+        set_rng_state(state["rng"])
+        return state
+
+
+def check_output_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """The run directory `path` after the checks that precede any write: a usable place, and either new,
+    resumable (`resume`) or a nas run that may be replaced (`overwrite`). One-line RunError otherwise."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                       "--overwrite replaces it; pass one")
+    if str(path).strip() == "":
+        raise RunError("--out is empty: name the run directory to write (e.g. --out runs/search1)")
+    p = Path(path)
+    for parent in [p, *p.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "" if parent == p else f" ({str(parent)!r} is a file)"
+            raise RunError(f"--out {str(p)!r} cannot be a directory{where}: choose another --out")
+        if parent.exists():
+            break
+    holds_run = _holds_run(p)
+    if holds_run and not (resume or overwrite):
+        raise RunError(f"{str(p)!r} already holds a run: pass --resume to continue it, "
+                       f"--overwrite to replace it, or choose another --out")
+    if overwrite and holds_run and not (p / MARKER).is_file():
+        raise RunError(f"{str(p)!r} is not a nas run directory (it has no {MARKER} marker) but holds "
+                       f"{', '.join(f for f in RUN_FILES if (p / f).exists())}: --overwrite replaces only what a "
+                       f"nas run wrote; choose another --out or move those files yourself")
+    return p
+
+
+def _holds_run(p: Path) -> bool:
+    return p.is_dir() and any((p / f).exists() for f in ("config.toml", "checkpoints", "result.json",
+                                                         "metrics.jsonl", MARKER))
+
+
+def _read_toml(f: Path) -> dict[str, Any]:
+    try:
+        return load_toml(f)
+    except UnicodeDecodeError:
+        raise RunError(f"{f} is not a text file: it is not a nas run's config.toml") from None
+
+
+def _read_jsonl(f: Path) -> list[dict[str, Any]]:
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    return out
 
 
 def _strip_volatile(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -316,9 +577,10 @@ def load_model(run_dir: str | Path, map_location: Any = "cpu") -> torch.nn.Modul
     arch = load_arch(p / "arch.json")
     model = arch.build()
     try:
-        payload = torch.load(weights, map_location=map_location, weights_only=False)
+        payload = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise RunError(f"cannot read {weights}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"cannot read {weights}: {first}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise RunError(f"{weights} is not a nas model file")
     if Arch.from_dict(payload["arch"]) != arch:
@@ -329,51 +591,38 @@ def load_model(run_dir: str | Path, map_location: Any = "cpu") -> torch.nn.Modul
     return model.eval()
 
 
-# ---- reading a finished search back (the harness's ranking hooks, analysis tools) -------------------
+# ---- the previous read-back API (until every method uses Run.open) -----------------------------------
+atomic_torch_save = atomic_save  # deprecated name (nat-nas until it moves to Run.save_state)
+
+
 def read_search_record(run_dir: str | Path, method: str, task: Task | None = None, *, same_seed: bool = True
                        ) -> dict[str, Any]:
-    """The config.toml record of a `nas search <method>` run (kind, method, dataset, seed, budget, config).
-
-    With `task`, the run must have been searched on the task's dataset and, with `same_seed`, with its
-    seed (methods whose held-out data depends on the seed need both to score a run again). One-line
-    RunError/ConfigError otherwise.
-    """
-    p = Path(run_dir)
-    f = p / "config.toml"
-    if not f.is_file():
-        raise RunError(f"{f} does not exist: give the --out directory of a finished `nas search {method}` run")
-    record = load_toml(f)
-    if record.get("method") != method:
-        raise RunError(f"{str(p)!r} holds a {record.get('method')!r} run, not a `nas search {method}` run")
-    if task is not None:
-        if same_seed and "seed" in record and int(record["seed"]) != task.seed:
-            raise ConfigError(f"{str(p)!r} was searched with seed {record['seed']} but the task has seed {task.seed}: "
-                              f"its held-out data depends on the seed, so pass a Task with seed={record['seed']}")
-        if record.get("dataset", task.dataset.name) != task.dataset.name:
-            raise ConfigError(f"{str(p)!r} was searched on {record['dataset']!r}, the task's data is "
-                              f"{task.dataset.name!r}: pass a Task on the search's dataset")
-    return record
+    """Deprecated: `Run.open(run_dir, method=..., task=...).record`."""
+    return Run.open(run_dir, method=method, task=task, same_seed=same_seed).record
 
 
 def load_final_checkpoint(run_dir: str | Path, method: str, epochs: int, map_location: Any = "cpu",
                           keys: Iterable[str] = ()) -> dict[str, Any]:
-    """checkpoints/last.pt of a `nas search <method>` run that finished its `epochs`, holding `keys`.
-
-    One-line RunError for a missing, unreadable or foreign checkpoint, or an unfinished search (saying
-    how to resume it).
-    """
+    """Deprecated: `Run.open(run_dir, method=...).final_state(epochs)`, for "nas-ckpt/1" checkpoints."""
     ckpt = Path(run_dir) / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         raise RunError(f"{ckpt} does not exist: give the --out directory of a finished `nas search {method}` run")
-    try:
-        state = torch.load(ckpt, map_location=map_location, weights_only=False)
-    except Exception as e:  # a truncated or foreign file: whatever torch.load raises
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"cannot read {ckpt}: {first}; search again with --overwrite") from None
-    if not isinstance(state, dict) or not {"epoch", *keys} <= set(state):
+    state = _load_legacy(ckpt, map_location)
+    if not {"epoch", *keys} <= set(state):
         raise RunError(f"{ckpt} is not a {method} search checkpoint: give the --out directory of a "
                        f"`nas search {method}` run")
     if int(state["epoch"]) < epochs:
         raise RunError(f"the {method} search in {str(run_dir)!r} stopped after epoch {state['epoch']} of {epochs}: "
                        f"finish it with `nas search {method} ... --out {run_dir} --resume`")
+    return state
+
+
+def _load_legacy(path: Path, map_location: Any) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"cannot read {path}: {first}; search again with --overwrite") from None
+    if not isinstance(state, dict) or state.get("format") != LEGACY_CHECKPOINT_FORMAT:
+        raise RunError(f"{path} is not a nas checkpoint; pass --overwrite to start again")
     return state

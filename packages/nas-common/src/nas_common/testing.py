@@ -1,35 +1,132 @@
-"""Conformance tests every method package subclasses (DESIGN.md section 6).
+"""Conformance tests every method package subclasses, and the standard tests of every space.
 
     class TestISTAConformance(SearchMethodTests):
         method = "ista-nas"
         micro = {"layers": 2, "C": 4, "epochs": 2, "batch_size": 16}
 
-Each test runs the method at micro scale (a few cells, a few channels, 64 images: seconds). A subclass
-may not weaken a standard test: overriding one fails `test_no_overrides` unless the override is
-marked `pytest.mark.xfail(reason=...)`.
+Each test runs the method at micro scale (a few cells, a few channels, 64 images: seconds). What a
+method declares decides what it must pass: a method with `budget_kinds` must set `budget` (a budget
+the micro search meets), a method with a ranking hook gets the ranking test. A subclass may not
+weaken a standard test: overriding one fails `test_no_overrides` unless the override is marked
+`pytest.mark.xfail(reason=...)`.
+
+`HostSyncDetector` records the data-dependent ops (host-device syncs on CUDA) dispatched inside the
+search steps a method marks with `SearchContext.step()`; it runs on the CPU, so CI checks what a GPU
+would stall on. `SpaceTests` runs over every registered space.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
+import os
+import random
 import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .arch import Arch, load_arch, save_arch
 from .config import list_presets
-from .costs import count_macs, count_params
+from .context import STEP_OBSERVERS
+from .costs import count_macs, count_params, list_costs
 from .data import get_dataset, make_loader
-from .methods import Budget, SearchResult, Task
+from .errors import BudgetError
+from .methods import Budget, SearchMethod, SearchResult, Task
 from .registry import get_method
 from .runs import RunInterrupted
 from .search import run_search
+from .spaces import get_space
+
+#: aten ops whose result size or value the host must read (a device->host sync on CUDA), and ops that
+#: copy host data to the device (torch.tensor(...)); `index.Tensor`/`index_put_` only with a bool mask
+SYNC_OPS = frozenset({
+    "_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique", "_unique2", "unique_consecutive",
+    "unique_dim_consecutive", "multinomial", "repeat_interleave", "is_nonzero", "equal", "allclose",
+    "bincount", "histc", "lift_fresh", "argwhere", "masked_scatter",
+})
+#: Python-level reads that never reach the dispatcher on the CPU but sync on CUDA
+SYNC_METHODS = ("tolist", "numpy", "cpu")
+
+
+class HostSyncDetector(TorchDispatchMode):
+    """Records data-dependent ops dispatched while active (`found`: op name -> count)."""
+
+    def __init__(self, allow: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.allow = allow
+        self.found: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        flagged = name in SYNC_OPS
+        if name == "repeat_interleave" and kwargs.get("output_size") is not None:
+            flagged = False
+        if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+            flagged = any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
+                          for t in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
+        if flagged and f"aten.{name}" not in self.allow:
+            self.found[f"aten.{name}"] = self.found.get(f"aten.{name}", 0) + 1
+        return func(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _methods(self) -> Iterator[None]:
+        saved = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
+
+        def wrap(m: str) -> Any:
+            orig = saved[m]
+
+            def f(t: torch.Tensor, *a: Any, **k: Any) -> Any:
+                if f"Tensor.{m}" not in self.allow:
+                    self.found[f"Tensor.{m}"] = self.found.get(f"Tensor.{m}", 0) + 1
+                return orig(t, *a, **k)
+
+            return f
+
+        for m in SYNC_METHODS:
+            setattr(torch.Tensor, m, wrap(m))
+        try:
+            yield
+        finally:
+            for m, f in saved.items():
+                setattr(torch.Tensor, m, f)
+
+
+# as in costs/macs.py: the plain method, without torch._dynamo's per-op wrapper
+HostSyncDetector.__torch_dispatch__ = getattr(HostSyncDetector.__torch_dispatch__, "__wrapped__",
+                                              HostSyncDetector.__torch_dispatch__)
+
+
+@contextlib.contextmanager
+def detect_host_syncs(allow: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
+    """Inside: every `SearchContext.step()` runs under a HostSyncDetector. Yields a report dict with
+    `steps` (how many steps ran) and `found` (op -> count over all steps)."""
+    report: dict[str, Any] = {"steps": 0, "found": {}}
+
+    @contextlib.contextmanager
+    def observe() -> Iterator[None]:
+        det = HostSyncDetector(allow)
+        report["steps"] += 1
+        with det, det._methods():
+            yield
+        for k, v in det.found.items():
+            report["found"][k] = report["found"].get(k, 0) + v
+
+    with STEP_OBSERVERS.observe(observe):
+        yield report
 
 
 class SearchMethodTests:
-    """Subclass and set `method` and `micro`; optionally `budget` (a Budget the micro search must meet)."""
+    """Subclass and set `method` and `micro`; `budget` (a Budget the micro search must meet) when the
+    method declares budget kinds."""
 
     method: ClassVar[str] = ""
     micro: ClassVar[dict[str, Any]] = {}
@@ -39,6 +136,7 @@ class SearchMethodTests:
     budget: ClassVar[Budget | None] = None
     budget_slack: ClassVar[float] = 0.0  # allowed relative excess over the budget (e.g. TAS's tolerance)
     resume_after: ClassVar[int] = 1  # epochs before the interruption in the resume test
+    rank_samples: ClassVar[int] = 3  # architectures the ranking test asks the hook for
 
     # ---- helpers ----------------------------------------------------------------------------------
     def task(self, seed: int = 0, budget: Budget | None = None) -> Task:
@@ -58,18 +156,20 @@ class SearchMethodTests:
         return result, arch, out / "run"
 
     # ---- the standard tests ------------------------------------------------------------------------
-    def test_registered_with_presets(self) -> None:
+    def test_registered_as_a_search_method(self) -> None:
         cls = get_method(self.method)
-        assert cls.name == self.method
+        assert issubclass(cls, SearchMethod) and cls.name == self.method
         presets = list_presets(cls.config_cls)
         assert "paper" in presets and "tiny" in presets, presets
+        assert cls.spaces, "declare the spaces the method's architectures are in"
+        cls.validate_class()
 
     def test_search_writes_a_valid_arch(self, searched: tuple[SearchResult, Arch, Path]) -> None:
         result, arch, run_dir = searched
         assert isinstance(result, SearchResult)
         loaded = load_arch(run_dir / "arch.json")
         assert loaded == arch
-        assert loaded.method == self.method
+        assert loaded.method == self.method and loaded.space in get_method(self.method).spaces
         assert (run_dir / "result.json").exists() and (run_dir / "config.toml").exists()
         model = arch.build()
         assert arch.costs["macs"] == pytest.approx(count_macs(model, tuple(arch.net["input"])), rel=1e-6)
@@ -89,7 +189,7 @@ class SearchMethodTests:
         before = [p.detach().clone() for p in model.parameters()]
         opt.step()
         assert torch.isfinite(loss)
-        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=False))
+        assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
 
     def test_export_load_roundtrip(self, searched: tuple[SearchResult, Arch, Path], tmp_path: Path) -> None:
         _, arch, _ = searched
@@ -121,11 +221,64 @@ class SearchMethodTests:
                 torch.testing.assert_close(other, value)
 
     def test_budget_holds(self, tmp_path: Path) -> None:
-        if self.budget is None:
-            pytest.skip("this method takes no budget")
+        kinds = get_method(self.method).budget_kinds
+        if not kinds:
+            pytest.skip("this method declares no budget kinds")
+        assert self.budget is not None and self.budget.is_set, (
+            f"{self.method} declares budget kinds {kinds}: set `budget` to one the micro search must meet")
+        assert set(self.budget.kinds) <= set(kinds), (self.budget.kinds, kinds)
         _, arch = self.search(tmp_path / "budget", budget=self.budget)
         for name, limit in self.budget.to_dict().items():
             assert arch.costs[name] <= limit * (1 + self.budget_slack), (name, arch.costs[name], limit)
+
+    def test_an_unsupported_budget_is_refused_before_writing(self, tmp_path: Path) -> None:
+        kinds = get_method(self.method).budget_kinds
+        other = next((c for c in list_costs() if c not in kinds), None)
+        if other is None:
+            pytest.skip("the method takes a budget on every registered cost")
+        key = f"{other}:2" if other == "distributed" else other
+        out = tmp_path / "refused"
+        with pytest.raises(BudgetError, match=f"cannot honour a {other} budget"):
+            self.search(out, budget=Budget(limits={key: 1.0}))
+        assert not out.exists(), "a refusal must come before the run directory is created"
+
+    def test_ranking_hook(self, searched: tuple[SearchResult, Arch, Path]) -> None:
+        cls = get_method(self.method)
+        if not cls.ranks():
+            pytest.skip("this method has no ranking hook")
+        _, _, run_dir = searched
+        pairs = cls().sample_and_score(run_dir, self.task(), self.rank_samples, seed=0)
+        assert 1 <= len(pairs) <= self.rank_samples
+        archs = [a for a, _ in pairs]
+        assert len(set(archs)) == len(archs), "the hook returns distinct architectures"
+        for arch, acc in pairs:
+            assert isinstance(arch, Arch) and arch.space in cls.spaces
+            assert 0.0 <= acc <= 1.0, acc
+            assert arch.build() is not None
+        again = cls().sample_and_score(run_dir, self.task(), self.rank_samples, seed=0)
+        assert [(a, s) for a, s in again] == [(a, s) for a, s in pairs], "the hook is deterministic for a seed"
+
+    def test_no_host_sync_in_a_search_step(self, tmp_path: Path) -> None:
+        cls = get_method(self.method)
+        allow = frozenset(cls.host_sync_allowlist)
+        with detect_host_syncs(allow) as report:
+            self.search(tmp_path / "syncs")
+        assert report["steps"] >= 2, (
+            f"{self.method} marked {report['steps']} search step(s): wrap each step in `with ctx.step():`")
+        assert not report["found"], (f"host-device syncs inside {self.method}'s search steps: {report['found']} "
+                                     f"(move per-epoch decisions out of the step, or allow-list with a reason)")
+
+    @pytest.mark.slow
+    def test_two_process_search_agrees_with_rank_0(self, tmp_path: Path) -> None:
+        out = tmp_path / "ddp"
+        p = run_two_process_search(self.method, dict(self.micro), out, preset=self.preset,
+                                   n_train=self.n_train, n_test=self.n_test)
+        assert p.returncode == 0, f"torchrun failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        result = json.loads((out / "result.json").read_text())
+        assert result["provenance"]["world_size"] == 2
+        states, archs = result["rank_state_digests"], result["rank_arch_digests"]
+        assert len(states) == 2 and len(set(states)) == 1, f"the ranks' architecture parameters differ: {states}"
+        assert archs == [load_arch(out / "arch.json").digest] * 2, f"the ranks derived different archs: {archs}"
 
     def test_not_pinned_to_a_device(self) -> None:
         module = inspect.getmodule(get_method(self.method))
@@ -154,3 +307,99 @@ class SearchMethodTests:
                 marks = getattr(mine, "pytestmark", [])
                 assert any(m.name == "xfail" and m.kwargs.get("reason") for m in marks), (
                     f"{type(self).__name__}.{name} overrides a standard test without xfail(reason=...)")
+
+
+_TORCHRUN_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import torch
+    from nas_common import Task, get_dataset
+    from nas_common.search import run_search
+    method, micro, out, preset = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    n_train, n_test = int(sys.argv[5]), int(sys.argv[6])
+    torch.set_num_threads(1)
+    task = Task(get_dataset("cifar10-mini").subset(n_train, n_test), device=torch.device("cpu"), seed=0)
+    run_search(method, task, out=out, preset=preset, overrides=micro, progress=False)
+    from nas_common import dist
+    dist.barrier()
+    dist.cleanup()
+''')
+# failures of the launcher itself on a busy shared machine (ports, rendezvous), not of the code under test
+_INFRA = ("Address already in use", "EADDRINUSE", "RendezvousError", "TCPStore", "Connection reset by peer")
+
+
+def run_two_process_search(method: str, micro: dict[str, Any], out: Path, *, preset: str = "tiny",
+                           n_train: int = 64, n_test: int = 32, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node 2` of a micro search (gloo on the CPU, one thread per rank); each rank
+    reads half of every global batch."""
+    script = out.parent / f".{out.name}_ddp.py"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(_TORCHRUN_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           method, json.dumps(micro), str(out), preset, str(n_train), str(n_test)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NAS_INTERRUPT_AFTER_EPOCH", None)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0 and any(s in p.stderr for s in _INFRA):  # one retry, only for launcher trouble
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return p
+
+
+class SpaceTests:
+    """The standard tests of a search space; parametrize `space` over the registered ones:
+
+        @pytest.fixture(params=list_spaces())
+        def space(request): return request.param
+        class TestSpaces(SpaceTests): ...
+
+    `net_overrides` maps a space to small net settings (the micro size the tests build at)."""
+
+    net_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def net(self, space: str) -> dict[str, Any]:
+        sp = get_space(space)
+        return sp.validate_net({**sp.default_net, "num_classes": 10, "input": [3, 32, 32],
+                                **self.net_overrides.get(space, {})})
+
+    def arch(self, space: str, seed: int = 0) -> Arch:
+        sp = get_space(space)
+        net = self.net(space)
+        return Arch(space, sp.validate_spec(sp.random_spec(random.Random(seed), net)), net)
+
+    def test_random_spec_is_valid_and_deterministic(self, space: str) -> None:
+        sp = get_space(space)
+        a, b = self.arch(space, 1), self.arch(space, 1)
+        assert a == b
+        assert sp.validate_spec(a.spec) == a.spec, "validate_spec is idempotent on its own output"
+
+    def test_random_arch_builds_and_runs(self, space: str) -> None:
+        arch = self.arch(space)
+        model = arch.build().eval()
+        with torch.no_grad():
+            out = model(torch.randn(2, *arch.net["input"]))
+        logits = out[0] if isinstance(out, tuple) else out
+        assert logits.shape == (2, arch.net["num_classes"])
+
+    def test_costs_equal_counted_costs(self, space: str) -> None:
+        arch = self.arch(space, 2).with_costs()
+        model = arch.build()
+        assert arch.costs["macs"] == count_macs(model, tuple(arch.net["input"]))
+        assert arch.costs["params"] == count_params(model)
+        closed = getattr(get_space(space), "costs", None)
+        if closed is not None:  # a closed-form count, where the space has one, must agree with tracing
+            got = closed(arch.spec, arch.net)
+            for k, v in got.items():
+                assert v == pytest.approx(arch.costs[k], rel=1e-9), (k, v, arch.costs[k])
+
+    def test_spec_round_trips_through_arch_json(self, space: str, tmp_path: Path) -> None:
+        arch = self.arch(space, 3).with_costs()
+        again = load_arch(save_arch(arch, tmp_path / "arch.json"))
+        assert again == arch and again.costs == arch.costs
+        m1, m2 = arch.build().eval(), again.build().eval()
+        m2.load_state_dict(m1.state_dict())
+        x = torch.randn(1, *arch.net["input"])
+        with torch.no_grad():
+            torch.testing.assert_close(m1(x), m2(x))
+
+
+__all__ = ["HostSyncDetector", "SYNC_OPS", "SearchMethodTests", "SpaceTests", "detect_host_syncs",
+           "run_two_process_search"]

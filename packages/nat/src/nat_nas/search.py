@@ -33,7 +33,7 @@ from nas_common.config import Config, resolve_config
 from nas_common.costs.tables import op_costs
 from nas_common.data import make_loader
 from nas_common.errors import ArchFileError, ConfigError, NASError, RunError
-from nas_common.methods import SearchResult, Task
+from nas_common.methods import CliOption, SearchMethod, SearchResult, Task
 from nas_common.runs import Run, atomic_torch_save
 from nas_common.spaces.darts import GENOTYPES, DartsSupernet, genotype_to_spec, reduction_layers
 
@@ -229,10 +229,17 @@ class _Parts:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class NATSearch:
+class NATSearch(SearchMethod):
     """Neural Architecture Transformer (Guo et al., NeurIPS 2019) on the DARTS cell space."""
 
     name: ClassVar[str] = "nat"
+    spaces = ("darts",)
+    cli_options = (
+        CliOption("--input-arch", key="input_arch", metavar="ARCH",
+                  help="the architecture to transform: a genotype name or an arch.json (= -o input_arch=ARCH)"),
+        CliOption("--policy", key="policy", metavar="RUN_DIR",
+                  help="reuse the trained policy of an earlier run (= -o policy=RUN_DIR)"),
+    )
     config_cls: ClassVar[type] = NATConfig
 
     # ---- search ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from nas_common.arch import Arch
 from nas_common.config import Config, config_from_dict
 from nas_common.data import make_loader
 from nas_common.errors import BudgetError, ConfigError, RunError
-from nas_common.methods import SearchResult, Task
+from nas_common.methods import SearchMethod, SearchResult, Task
 from nas_common.runs import Run
 
 from .gates import regulariser
@@ -122,10 +122,11 @@ def _check_budget_feasible(space: Any, net_cfg: dict[str, Any], task: Task) -> N
                           f"channel dropped, {'; '.join(over)}; raise the budget or use a smaller supernet")
 
 
-class PosteriorSearch:
+class PosteriorSearch(SearchMethod):
     """One-shot NAS through a posteriori distribution guided sampling (Zhou et al., AAAI 2020)."""
 
     name: ClassVar[str] = "posterior-nas"
+    spaces = ("supnet-m", "supnet-mi", "supnet-r")
     budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params")
     config_cls: ClassVar[type] = PosteriorConfig
 

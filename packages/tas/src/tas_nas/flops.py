@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas_common.costs.tables import resnet_conv_shapes
+from nas_common.spaces.resnet import resnet_conv_shapes
 
 from .model import SearchResNet
 

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nas_common import Arch, ConfigError, RunError, SearchResult, Split, Task, make_loader
+from nas_common import Arch, CliOption, ConfigError, RunError, SearchMethod, SearchResult, Split, Task, make_loader
 from nas_common.config import config_from_dict
-from nas_common.costs.tables import resnet_conv_shapes, shapes_macs
+from nas_common.costs.tables import shapes_macs
 from nas_common.runs import Run, load_final_checkpoint, read_search_record
+from nas_common.spaces.resnet import resnet_conv_shapes
 
 from .config import TASConfig
 from .flops import FlopTable, flop_loss
@@ -43,10 +44,14 @@ from .ranking import sample_configs, score_configs
 __all__ = ["TASSearch"]
 
 
-class TASSearch:
+class TASSearch(SearchMethod):
     """Network pruning via Transformable Architecture Search (NeurIPS 2019) on the "resnet" space."""
 
     name = "tas"
+    spaces = ("resnet",)
+    cli_options = (CliOption("--prune-ratio", key="prune_ratio", metavar="R",
+                             help="keep this fraction of the base network's MACs (without --budget-macs); "
+                                  "= -o prune_ratio=R"),)
     budget_kinds = ("macs",)  # the harness passes a MACs budget (the FLOPs target); params only warn
     config_cls = TASConfig
 

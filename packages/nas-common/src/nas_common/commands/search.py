@@ -1,17 +1,36 @@
-"""`nas search METHOD`: run a method's search and write the found architecture (arch.json)."""
+"""`nas search METHOD`: run a method's search and write the found architecture (arch.json).
+
+    nas search tas --preset tiny --budget-macs 20e6 --out runs/tas
+    nas search bsn --preset tiny --budget distributed:2=6 --out runs/bsn
+    nas search nat --help          # the common options and NAT's own (--input-arch, --policy)
+
+The method's own flags come from its `cli_options`; nas-common names no method.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 
 from ..cli import add_common_run_args, command
 from ..data import get_dataset
 from ..device import resolve_device
+from ..errors import NASError
 from ..methods import Budget, Task
+from ..registry import get_method, list_methods
 from ..search import run_search
 
 
-def arguments(p: argparse.ArgumentParser) -> None:
+def _method_in(argv: Sequence[str]) -> str | None:
+    """The METHOD of `nas ... search METHOD ...` (the first positional after `search`), if any."""
+    argv = list(argv)
+    if "search" not in argv:
+        return None
+    rest = argv[argv.index("search") + 1:]
+    return next((a for a in rest if not a.startswith("-")), None)
+
+
+def arguments(p: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
     p.add_argument("method", help="a method name (see `nas list`)")
     add_common_run_args(p)
     p.add_argument("--preset", default="paper", help="config preset: paper (default) or tiny")
@@ -21,57 +40,52 @@ def arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the run directory to write")
     p.add_argument("--budget-macs", type=float, default=None, help="maximum multiply-accumulates (FLOPs), e.g. 40e6")
     p.add_argument("--budget-params", type=float, default=None, help="maximum parameter count, e.g. 1e6")
+    p.add_argument("--budget", action="append", default=[], metavar="COST=VALUE",
+                   help="a budget on any registered cost, e.g. distributed:2=6 (at most 6 steps on 2 workers), "
+                        "latency:cuda=2e-3, memory=5e7 (repeatable; see `nas list`)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    # method-specific shortcuts, passed through as config overrides (a method without the key refuses it)
-    p.add_argument("--input-arch", default=None, metavar="ARCH",
-                   help="the architecture to transform (NAT): a genotype name or an arch.json; = -o input_arch=ARCH")
-    p.add_argument("--policy", default=None, metavar="RUN_DIR",
-                   help="reuse the trained policy of an earlier run (NAT); = -o policy=RUN_DIR")
-    p.add_argument("--budget-distributed", default=None, metavar="K:VALUE",
-                   help="distributed-cost budget: at most VALUE steps on K workers (BSN); "
-                        "= -o distributed_k=K -o budget_distributed=VALUE")
-    p.add_argument("--prune-ratio", default=None, metavar="R",
-                   help="keep this fraction of the base network's MACs (TAS; without --budget-macs); "
-                        "= -o prune_ratio=R")
+    name = _method_in(argv)
+    if name is None or name not in list_methods():
+        p.epilog = "each method adds its own options: see `nas search METHOD --help`"
+        return
+    cls = get_method(name)
+    group = p.add_argument_group(f"options of {name}")
+    for opt in cls.cli_options:
+        group.add_argument(opt.flag, dest=opt.dest, default=None, metavar=opt.metavar, help=opt.help)
 
 
 @command("search", "search an architecture with a method", arguments)
 def run(args: argparse.Namespace) -> int:
+    cls = get_method(args.method)
     device = resolve_device(args.device)
-    budget = Budget(macs=args.budget_macs, params=args.budget_params)
+    budget = Budget(macs=args.budget_macs, params=args.budget_params, limits=Budget.parse(args.budget).limits)
     ds = get_dataset(args.dataset, data_dir=args.data_dir, download=args.download)
     task = Task(dataset=ds, device=device, seed=args.seed, budget=budget)
     overrides = list(args.override)
-    if args.input_arch is not None:
-        overrides.append(f"input_arch={args.input_arch}")
-    if args.policy is not None:
-        overrides.append(f"policy={args.policy}")
-    if args.budget_distributed is not None:
-        k, sep, value = args.budget_distributed.partition(":")
-        if not sep or not k.strip().isdigit():
-            from ..errors import ConfigError
-
-            raise ConfigError(f"--budget-distributed {args.budget_distributed!r} must be K:VALUE, e.g. 2:6 "
-                              f"(at most 6 steps on 2 workers)")
-        overrides += [f"distributed_k={k.strip()}", f"budget_distributed={value.strip()}"]
-    if args.prune_ratio is not None:
-        overrides.append(f"prune_ratio={args.prune_ratio}")
+    for opt in cls.cli_options:
+        value = getattr(args, opt.dest, None)
+        if value is not None:
+            try:
+                overrides += [f"{k}={v}" for k, v in opt.overrides(value).items()]
+            except (TypeError, ValueError) as e:
+                raise NASError(f"{opt.flag} {value!r}: {e}") from None
     if not args.json:
         from ..runs import device_name, package_versions
 
         v = package_versions()
         print(f"nas search {args.method}: dataset {ds.name}, device {device} ({device_name(device)}), "
               f"seed {args.seed}, torch {v.get('torch')}, out {args.out}")
-    result, arch = run_search(args.method, task, out=args.out, preset=args.preset, config_file=args.config,
+    result, arch = run_search(cls, task, out=args.out, preset=args.preset, config_file=args.config,
                               overrides=overrides, resume=args.resume, overwrite=args.overwrite)
     over = budget.violations(arch.costs)
     if args.json:
         print(json.dumps({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over}))
     else:
         print(f"found: {arch.describe()}")
-        print(f"  MACs {arch.costs['macs'] / 1e6:.2f}M  params {arch.costs['params'] / 1e6:.3f}M  "
+        extra = "".join(f"  {k} {arch.costs[k]:.4g}" for k in budget.limits if k not in ("macs", "params"))
+        print(f"  MACs {arch.costs['macs'] / 1e6:.2f}M  params {arch.costs['params'] / 1e6:.3f}M{extra}  "
               f"search {result.metrics.get('search_time_s', 0):.1f}s")
         print(f"  written: {args.out}/arch.json (retrain with `nas train {args.out}/arch.json --out ...`)")
         if over:

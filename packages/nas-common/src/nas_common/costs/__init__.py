@@ -1,22 +1,28 @@
 """Costs of a network: MACs (multiply-accumulates, what papers call FLOPs), params, memory, latency,
 distributed makespan, and per-choice cost tables for differentiable expected costs.
 
-`COSTS` maps a cost name to a function `f(model, input_shape, device="cpu") -> float`:
+`COSTS` maps a cost name to a `CostInfo`; a budget names a cost by key, `name` or `name:ARG`:
 
-=========  ==========================================================================================
-macs       multiply-accumulates of conv and linear layers for one input (torch.utils.flop_counter)
-params     parameter count (auxiliary heads excluded)
-memory     weight + peak activation bytes for one input (measured on CUDA, hook estimate elsewhere)
-latency    median seconds of one forward pass at batch 1 (measured on the device)
-=========  ==========================================================================================
+===============  ===================================================================================
+macs             multiply-accumulates of conv and linear layers for one input (torch.utils.flop_counter)
+params           parameter count (auxiliary heads excluded)
+memory           weight + peak activation bytes for one input (measured on CUDA, hook estimate elsewhere)
+latency:DEVICE   median seconds of one forward pass at batch 1, measured on DEVICE (default cpu)
+distributed:K    makespan of the network's module DAG on K workers (networks that describe their DAG)
+===============  ===================================================================================
+
+Method packages register their own conventions (e.g. FLOPs with additions) with `register_cost`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import BudgetError, RegistryError
 from ..registry import COSTS
 from .distributed import makespan
 from .latency import measure_latency
@@ -29,48 +35,119 @@ from .tables import (
     conv_params,
     expected_macs,
     op_costs,
-    resnet_conv_shapes,
     shapes_macs,
     shapes_params,
 )
 
 __all__ = [
-    "COSTS", "ConvShape", "conv_macs", "conv_params", "count_costs", "count_macs", "count_params", "expected_macs",
-    "get_cost", "list_costs", "makespan", "measure_latency", "measure_memory", "memory_breakdown", "op_costs",
-    "resnet_conv_shapes", "shapes_macs", "shapes_params", "weight_bytes",
+    "COSTS", "ConvShape", "CostInfo", "conv_macs", "conv_params", "count_costs", "count_macs", "count_params",
+    "expected_macs", "get_cost", "list_costs", "makespan", "measure_cost", "measure_latency", "measure_memory",
+    "memory_breakdown", "op_costs", "parse_cost_key", "register_cost", "shapes_macs",
+    "shapes_params", "weight_bytes",
 ]
 
 
-def count_costs(model, input_shape, device="cpu") -> dict[str, float]:  # noqa: ANN001
+def count_costs(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> dict[str, float]:
     """{"macs": ..., "params": ...} of `model` for one input of shape (C, H, W)."""
-    return {"macs": float(count_macs(model, input_shape, device=device)), "params": float(count_params(model))}
+    return {"macs": float(count_macs(model, tuple(input_shape), device=device)), "params": float(count_params(model))}
 
 
-def _macs(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> float:
-    return float(count_macs(model, tuple(input_shape), device=device))
+# ---- the registry of named costs ------------------------------------------------------------------
+@dataclass(frozen=True)
+class CostInfo:
+    """A cost a budget can name. Its key is `name` or `name:ARG` (`latency:cuda`, `distributed:2`).
+
+    `measure(model, input_shape, arg, device)` returns the cost of one input. `arg` says what the
+    argument is (None: the cost takes none); `parse_arg` checks it and gives it its type; `default_arg`
+    applies when a key leaves it out. `measured` costs depend on the machine (latency, memory on CUDA);
+    the others are counted exactly.
+    """
+
+    name: str
+    unit: str
+    description: str
+    measure: Callable[[nn.Module, tuple[int, ...], Any, torch.device | str], float]
+    arg: str | None = None
+    parse_arg: Callable[[str], Any] | None = None
+    default_arg: str | None = None
+    measured: bool = False
 
 
-def _params(model: nn.Module, input_shape: Sequence[int] = (), device: torch.device | str = "cpu") -> float:
-    return float(count_params(model))
+def register_cost(info: CostInfo) -> CostInfo:
+    """Make a cost nameable in budgets (a duplicate name raises)."""
+    return COSTS.register(info.name, info)
 
 
-def _memory(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> float:
-    return float(measure_memory(model, tuple(input_shape), batch_size=1, device=device))
-
-
-def _latency(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> float:
-    return measure_latency(model, tuple(input_shape), batch_size=1, device=device)
-
-
-for _name, _fn in (("macs", _macs), ("params", _params), ("memory", _memory), ("latency", _latency)):
-    if _name not in COSTS:
-        COSTS.register(_name, _fn)
-
-
-def get_cost(name: str):  # noqa: ANN201
-    """The cost function registered as `name` (did-you-mean on a typo)."""
+def get_cost(name: str) -> CostInfo:
+    """The cost registered as `name` (did-you-mean on a typo)."""
     return COSTS.get(name)
 
 
 def list_costs() -> list[str]:
     return COSTS.names()
+
+
+def parse_cost_key(key: str) -> tuple[CostInfo, Any, str]:
+    """(cost, parsed argument, canonical key) of a budget key such as `macs` or `distributed:2`.
+
+    Raises BudgetError naming the registered costs, or saying what argument the cost takes."""
+    if not isinstance(key, str) or not key.strip():
+        raise BudgetError(f"a cost name must be a non-empty string such as 'macs', got {key!r} "
+                          f"(registered costs: {', '.join(list_costs())})")
+    name, sep, raw = key.strip().partition(":")
+    try:
+        info = get_cost(name)
+    except RegistryError as e:
+        raise BudgetError(f"budget: {e}") from None
+    if info.arg is None:
+        if sep:
+            raise BudgetError(f"the {name} cost takes no argument: write {name!r}, not {key!r}")
+        return info, None, name
+    raw = raw.strip() if sep else (info.default_arg or "")
+    if not raw:
+        raise BudgetError(f"the {name} cost needs its {info.arg}: write {name}:ARG (e.g. {name}:2)")
+    try:
+        arg = info.parse_arg(raw) if info.parse_arg else raw
+    except (TypeError, ValueError) as e:
+        raise BudgetError(f"{key!r}: {e}") from None
+    return info, arg, f"{name}:{raw}"
+
+
+def measure_cost(model: nn.Module, key: str, input_shape: Sequence[int], device: torch.device | str = "cpu"
+                 ) -> float:
+    """The cost named by `key` (see `parse_cost_key`) of `model` on one input of `input_shape`."""
+    info, arg, _ = parse_cost_key(key)
+    return float(info.measure(model, tuple(input_shape), arg, device))
+
+
+def _k_workers(raw: str) -> int:
+    k = int(raw) if raw.isdigit() else 0
+    if k < 1:
+        raise ValueError(f"the number of workers must be a positive integer, got {raw!r}")
+    return k
+
+
+def _distributed(model: nn.Module, input_shape: tuple[int, ...], k: int, device: Any) -> float:
+    dag = getattr(model, "module_dag", None)
+    if dag is None:
+        raise BudgetError(f"the distributed cost is the makespan of a network's module DAG on K workers: "
+                          f"{type(model).__name__} does not describe its DAG (networks of the bsn spaces do)")
+    nodes, edges, node_costs = dag()
+    return float(makespan(nodes, edges, node_costs, k))
+
+
+for _info in (
+    CostInfo("macs", "MACs", "multiply-accumulates of one forward pass (what papers call FLOPs)",
+             lambda m, shape, arg, dev: float(count_macs(m, shape, device=dev))),
+    CostInfo("params", "parameters", "parameter count (auxiliary heads excluded)",
+             lambda m, shape, arg, dev: float(count_params(m))),
+    CostInfo("memory", "bytes", "weights + peak activations of one forward pass (measured on CUDA)",
+             lambda m, shape, arg, dev: float(measure_memory(m, shape, batch_size=1, device=dev)), measured=True),
+    CostInfo("latency", "s", "median seconds of one forward pass at batch 1 on the named device",
+             lambda m, shape, arg, dev: measure_latency(m, shape, batch_size=1, device=arg or dev),
+             arg="device", default_arg="cpu", measured=True),
+    CostInfo("distributed", "steps", "makespan of the module DAG on K workers (BSN's distributed cost)",
+             _distributed, arg="number of workers K", parse_arg=_k_workers),
+):
+    if _info.name not in COSTS:
+        register_cost(_info)

@@ -5,24 +5,24 @@
 * `op_costs(op, C, stride, H, W)`: MACs and params of one candidate op of `nas_common.registry.OPS`,
   counted once on a real module with `count_macs` and cached; NAT compares an op with its skip/null
   replacement with it, ISTA-NAS and the harness can price an edge.
-* `resnet_conv_shapes(spec, input)`: every conv (and the classifier) of a resnet spec with its input
-  and output widths, kernel, stride and output size, plus which conv's width choice sets its input and
-  output width. TAS's expected MACs, sum over convs of k^2*H*W*E[C_in]*E[C_out] weighted by the
-  probability that the conv's block is kept, is then `expected_macs(shapes, E[widths], P[keep])`.
+* `ConvShape`: one conv (or the classifier) with its input and output widths, kernel, stride and
+  output size, plus which conv's width choice sets its input and output width; the resnet space's
+  `resnet_conv_shapes(spec, input)` lists those of a spec. TAS's expected MACs, sum over convs of
+  k^2*H*W*E[C_in]*E[C_out] weighted by the probability that the conv's block is kept, is then
+  `expected_macs(shapes, E[widths], P[keep])`.
 """
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from .macs import count_macs
 from .params import count_params
 
-__all__ = ["ConvShape", "conv_macs", "conv_params", "op_costs", "resnet_conv_shapes", "shapes_macs",
+__all__ = ["ConvShape", "conv_macs", "conv_params", "op_costs", "shapes_macs",
            "shapes_params", "expected_macs"]
 
 
@@ -105,58 +105,6 @@ class ConvShape:
         if self.kind == "linear":
             return self.c_in * self.c_out + self.c_out
         return conv_params(self.c_in, self.c_out, self.k, self.groups, bn=True)
-
-
-def _out(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
-
-
-def resnet_conv_shapes(spec: dict[str, Any], input: Sequence[int] = (3, 32, 32), num_classes: int = 10
-                       ) -> list[ConvShape]:
-    """Every conv of the resnet `spec` on an `input` (C, H, W), in forward order, then the classifier.
-
-    Summing `.macs` gives exactly `count_macs` of the built network; summing `.params` gives
-    `count_params` (BN included).
-    """
-    from ..spaces.resnet import _validate
-
-    spec = _validate(spec)
-    c0, h, w = (int(v) for v in input)
-    recs: list[ConvShape] = []
-
-    def add(name: str, c_in: int, c_out: int, k: int, stride: int, pad: int, h_in: int, w_in: int, in_from: int,
-            out_from: int | None = None, stage: int = -1, block: int = -1) -> ConvShape:
-        idx = len(recs)
-        r = ConvShape(idx, name, "conv", c_in, c_out, k, stride, _out(h_in, k, stride, pad), _out(w_in, k, stride, pad),
-                      in_from, idx if out_from is None else out_from, stage, block)
-        recs.append(r)
-        return r
-
-    imagenet = spec["kind"] == "imagenet"
-    stem = add("conv1", c0, spec["stem"], 7 if imagenet else 3, 2 if imagenet else 1, 3 if imagenet else 1, h, w, -1)
-    h, w = stem.h_out, stem.w_out
-    if imagenet:  # 3x3/2 max-pool, padding 1
-        h, w = _out(h, 3, 2, 1), _out(w, 3, 2, 1)
-    cur, cur_c = stem.index, stem.c_out
-    bottleneck = spec["block"] == "bottleneck"
-    shortcuts = spec.get("shortcuts") or [[True] * d for d in spec["depths"]]
-    for s, (d, stage) in enumerate(zip(spec["depths"], spec["widths"], strict=False)):
-        for b in range(d):
-            stride = 2 if (s > 0 and b == 0) else 1
-            ws = stage[b]
-            p = f"layer{s + 1}.{b}"
-            if bottleneck:
-                r1 = add(f"{p}.conv1", cur_c, ws[0], 1, 1, 0, h, w, cur, stage=s, block=b)
-                r2 = add(f"{p}.conv2", ws[0], ws[1], 3, stride, 1, r1.h_out, r1.w_out, r1.index, stage=s, block=b)
-                last = add(f"{p}.conv3", ws[1], ws[2], 1, 1, 0, r2.h_out, r2.w_out, r2.index, stage=s, block=b)
-            else:
-                r1 = add(f"{p}.conv1", cur_c, ws[0], 3, stride, 1, h, w, cur, stage=s, block=b)
-                last = add(f"{p}.conv2", ws[0], ws[1], 3, 1, 1, r1.h_out, r1.w_out, r1.index, stage=s, block=b)
-            if shortcuts[s][b] and (stride != 1 or cur_c != ws[-1]):
-                add(f"{p}.downsample.0", cur_c, ws[-1], 1, stride, 0, h, w, cur, out_from=last.index, stage=s, block=b)
-            h, w, cur, cur_c = last.h_out, last.w_out, last.index, last.c_out
-    recs.append(ConvShape(len(recs), "fc", "linear", cur_c, num_classes, 1, 1, 1, 1, cur, -1))
-    return recs
 
 
 def shapes_macs(shapes: Sequence[ConvShape]) -> int:

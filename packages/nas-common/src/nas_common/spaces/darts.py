@@ -40,6 +40,7 @@ from .darts_genotypes import (
     RESNET_BLOCK,
     VGG_BLOCK,
     Genotype,
+    genotype_by_name,
 )
 from .darts_supernet import (
     CellChoice,
@@ -239,10 +240,7 @@ def get_genotype(name_or_spec: str | Genotype | Mapping[str, Any]) -> Genotype:
     if isinstance(name_or_spec, Genotype):
         return name_or_spec
     if isinstance(name_or_spec, str):
-        key = name_or_spec.lower().replace("_", "-")
-        if key not in GENOTYPES:
-            raise ArchFileError(f"unknown genotype {name_or_spec!r}: valid: {', '.join(sorted(GENOTYPES))}")
-        return GENOTYPES[key]
+        return genotype_by_name(name_or_spec)
     return spec_to_genotype(DARTS_SPACE.validate_spec(name_or_spec))
 
 

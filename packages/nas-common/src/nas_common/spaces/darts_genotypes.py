@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from ..errors import ArchFileError
+
 
 class Genotype(NamedTuple):
     """A cell architecture: ops as (op_name, input_index), two per intermediate node, and the concat."""
@@ -122,3 +124,11 @@ GENOTYPES: dict[str, Genotype] = {
     "resnet-block": RESNET_BLOCK,
     "vgg-block": VGG_BLOCK,
 }
+
+
+def genotype_by_name(name: str) -> Genotype:
+    """The published genotype `name` (`darts-v2`, `enas`, ...; case and `_`/`-` do not matter)."""
+    key = name.lower().replace("_", "-")
+    if key not in GENOTYPES:
+        raise ArchFileError(f"unknown genotype {name!r}: valid: {', '.join(sorted(GENOTYPES))}")
+    return GENOTYPES[key]

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, create_op, is_null_op
 from .darts_blocks import AuxiliaryHead, drop_path, plan_cell, reduction_layers
-from .darts_genotypes import Genotype
+from .darts_genotypes import Genotype, genotype_by_name
 
 __all__ = ["CellChoice", "ChoiceEntry", "DartsSupernet", "SupernetCell", "cell_choice_from_genotype",
            "edge_index", "genotype_from_weights", "num_edges"]
@@ -353,9 +353,7 @@ class DartsSupernet(nn.Module):
     def genotype_choice(self, genotype: Genotype | str) -> tuple[list[list[ChoiceEntry]], list[list[ChoiceEntry]]]:
         """(normal, reduce) CellChoices running exactly a genotype's ops (a Genotype or a published name)."""
         if isinstance(genotype, str):
-            from .darts import get_genotype
-
-            genotype = get_genotype(genotype)
+            genotype = genotype_by_name(genotype)
         for which, ops in (("normal", genotype.normal), ("reduce", genotype.reduce)):
             if len(ops) != 2 * self.steps:
                 raise ValueError(f"genotype.{which} has {len(ops) // 2} nodes, this supernet {self.steps}")

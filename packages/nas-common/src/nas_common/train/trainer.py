@@ -17,10 +17,10 @@ Python API
 
     Trainer(model, config=None, *, run=None, device=None, teacher=None, seed=0, arch=None, verbose=False)
         .fit(train: Split, test: Split | None = None) -> dict     trains config.epochs epochs (resuming
-                                                                  from run's checkpoint when run.resume)
+                                                                  from run's checkpoint when resuming)
         .train_epoch(loader, epoch: int) -> dict                  one epoch (loss, top1, images/s)
         .evaluate(split: Split) -> dict                           top1, top5 (percent), loss, n
-        .state_dict() / .load_state_dict(state)                   everything a checkpoint holds
+        .components()                                             what a checkpoint holds, by name
         .model                                                    the (unwrapped) nn.Module
     evaluate(model, split, *, device=None, batch_size=256, amp="off", channels_last=False) -> dict
     distill_loss(student_logits, teacher_logits, targets, alpha=0.9, T=4.0) -> Tensor   (train/distill.py)
@@ -60,13 +60,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import dist
-from ..arch import Arch, atomic_write_text
+from ..arch import Arch
 from ..config import config_to_dict
 from ..data import Split, make_loader
 from ..device import resolve_device
 from ..errors import ConfigError, DataError, RunError
-from ..runs import Run, rng_state, set_rng_state
-from . import ddp
+from ..runs import Run
 from .config import TrainConfig
 from .distill import distill_loss
 
@@ -144,7 +143,7 @@ def evaluate(model: nn.Module, split: Split, *, device: torch.device | str | Non
     finally:
         model.train(was_training)
     total = torch.cat([sums, torch.tensor([float(count)], dtype=torch.float64, device=device)])
-    loss, top1, top5, n = ddp.all_reduce_sum(total).tolist()  # the one host sync
+    loss, top1, top5, n = dist.all_reduce_(total).tolist()  # the one host sync
     if n == 0:
         raise DataError("cannot evaluate on an empty split")
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "n": int(n)}
@@ -174,7 +173,7 @@ class Trainer:
         self.channels_last = self.config.channels_last
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=fmt)
-        self.net = ddp.wrap(self.model, self.device)
+        self.net = dist.wrap(self.model, self.device)
         self.teacher = None
         if teacher is not None:
             self.teacher = teacher.to(self.device, memory_format=fmt).eval().requires_grad_(False)
@@ -202,45 +201,32 @@ class Trainer:
         self._warned.add(key)
 
     # -- state ----------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (the Run adds the RNG states)."""
-        return {
-            "kind": "train",
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "history": list(self.history),
-            "config": config_to_dict(self.config),
-            "arch_digest": self.arch.digest if self.arch is not None else None,
-            # the Run saves rank 0's RNG states; under DDP each rank's are kept too (drop path differs by rank)
-            "rank_rng": ddp.gather_objects(rng_state()) if dist.world_size() > 1 else None,
-        }
+    def components(self) -> dict[str, Any]:
+        """What a checkpoint saves and a resume restores, by name (see `Run.save_state`)."""
+        return {"model": {"model": self.model}, "optimizers": {"optimizer": self.optimizer},
+                "schedulers": {"scheduler": self.scheduler}, "scaler": self.scaler}
 
-    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        """Restore a `state_dict()`; a checkpoint of another architecture or model raises RunError."""
-        theirs = state.get("arch_digest")
+    def _extra(self) -> dict[str, Any]:
+        return {"kind": "train", "history": list(self.history), "config": config_to_dict(self.config),
+                "arch_digest": self.arch.digest if self.arch is not None else None}
+
+    def _resume(self) -> None:
+        """Continue the run's checkpoint when resuming (a checkpoint of another architecture or of a
+        search raises RunError before anything is restored)."""
+        if self.run is None or not self.run.resume_requested or not self.run.checkpoint_path.exists():
+            return
+        source = str(self.run.checkpoint_path)
+        saved = self.run.final_state().get("extra") or {}
+        theirs = saved.get("arch_digest")
         if self.arch is not None and theirs is not None and theirs != self.arch.digest:
             raise RunError(f"{source} was written for another architecture (digest {theirs}, this one is "
                            f"{self.arch.digest}): resume with the same architecture, or pass --overwrite")
-        if state.get("kind", "train") != "train" or "model" not in state:
-            raise RunError(f"{source} is not a training checkpoint (kind {state.get('kind')!r}): "
+        if saved.get("kind") != "train":
+            raise RunError(f"{source} is not a training checkpoint (kind {saved.get('kind')!r}): "
                            f"pass --overwrite or choose another --out")
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else "shapes differ"
-            raise RunError(f"{source} does not fit this model (another architecture?): {first}; "
-                           f"pass --overwrite to start again") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state.get("scaler") or {})
-        self.epoch = int(state["epoch"])
-        self.history = list(state.get("history", []))
-        ranks = state.get("rank_rng")
-        if ranks and len(ranks) == dist.world_size():
-            set_rng_state(ranks[dist.rank()])
+        resumed = self.run.resume(**self.components(), map_location=self.device)
+        self.epoch = resumed.epoch
+        self.history = list(resumed.extra.get("history", []))
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: Split, test: Split | None = None) -> dict[str, Any]:
@@ -259,10 +245,7 @@ class Trainer:
         if len(loader) == 0:
             raise DataError(f"the training split has {len(train)} images, fewer than one batch of "
                             f"{c.batch_size}: lower --batch-size")
-        state = self.run.restore() if self.run is not None else None
-        if state is not None:
-            self.load_state_dict(state, source=str(self.run.checkpoint_path))
-            self._trim_metrics()
+        self._resume()
         if c.drop_path > 0 and not hasattr(self.model, "drop_path_prob"):
             self._warn_once("drop_path", f"drop_path={c.drop_path} is ignored: "
                             f"{type(self.model).__name__} has no drop_path_prob attribute")
@@ -277,7 +260,7 @@ class Trainer:
             record: dict[str, Any] = {"epoch": self.epoch, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}}
             last = self.epoch == c.epochs
             if test is not None and (last or (c.eval_every and self.epoch % c.eval_every == 0)):
-                ddp.sync_buffers(self.model)
+                dist.sync_buffers(self.model)
                 ev = self.evaluate(test)
                 record.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"]})
             self.history.append(record)
@@ -285,8 +268,8 @@ class Trainer:
                 self._print(record)
             if self.run is not None:
                 self.run.log(self.epoch, **record)
-                self.run.checkpoint(self.state_dict(), self.epoch)
-        ddp.sync_buffers(self.model)
+                self.run.save_state(self.epoch, **self.components(), extra=self._extra())
+        dist.sync_buffers(self.model)
         return self._final()
 
     def train_epoch(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int) -> dict[str, float]:
@@ -326,7 +309,7 @@ class Trainer:
                 self._check_loss(bad_step, epoch)
         self._check_loss(bad_step, epoch)
         self._check_weights(epoch, step)
-        sums = ddp.all_reduce_sum(torch.stack([loss_sum, correct,
+        sums = dist.all_reduce_(torch.stack([loss_sum, correct,
                                                torch.tensor(float(count), dtype=torch.float64, device=dev)]))
         loss_total, correct_total, n = sums.tolist()  # the one host sync of the epoch
         seconds = time.perf_counter() - t0
@@ -352,7 +335,7 @@ class Trainer:
     # -- divergence -----------------------------------------------------------------------------------
     def _check_loss(self, bad_step: torch.Tensor, epoch: int) -> None:
         """Raise TrainingDiverged if any rank saw a non-finite loss (one host read)."""
-        first = int(ddp.all_reduce_max(bad_step.clone()).item())
+        first = int(dist.all_reduce_(bad_step.clone(), "max").item())
         if first >= 0:
             self._diverged(f"the loss became NaN or infinite at epoch {epoch + 1} step {first}", epoch)
 
@@ -383,26 +366,12 @@ class Trainer:
             speeds = [h["train_images_per_s"] for h in self.history if "train_images_per_s" in h]
             if speeds:
                 out["images_per_s"] = sum(speeds) / len(speeds)
-        digests = ddp.gather_objects(ddp.weight_digest(self.model))
+        digests = dist.gather_objects(dist.weight_digest(self.model))
         out["weight_digests"] = digests
         if len(set(digests)) > 1:
             raise RunError(f"the ranks hold different weights after training ({digests}): a bug in the data-"
                            f"parallel setup; please report it with the command line")
         return out
-
-    def _trim_metrics(self) -> None:
-        """Drop metrics.jsonl records after the checkpoint's epoch (written before a kill)."""
-        if self.run is None or not dist.is_main():
-            return
-        f = self.run.path / "metrics.jsonl"
-        if not f.exists():
-            return
-        lines = f.read_text().splitlines()
-        import json
-
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("epoch", 0) <= self.epoch]
-        if len(keep) != len([ln for ln in lines if ln.strip()]):
-            atomic_write_text(f, "".join(ln + "\n" for ln in keep))
 
     def _print(self, r: dict[str, Any]) -> None:
         from tqdm.auto import tqdm

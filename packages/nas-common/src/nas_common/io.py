@@ -1,0 +1,96 @@
+"""Every write of a run directory, an architecture file or an export goes through here: atomically.
+
+Each writer fills a temporary file in the destination's folder, flushes it to disk and `os.replace`s
+it onto the destination, so a reader (or a resume after a kill) sees either the old file or the new
+one, never a partial one. Files get the mode an ordinary `open` would give (0666 minus the umask):
+`tempfile.mkstemp` alone would leave them 0600.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["append_line", "atomic_path", "atomic_save", "atomic_write_json", "atomic_write_text", "file_mode"]
+
+
+def file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file under the current umask (e.g. 0644 under 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path`; on a clean exit it replaces `path` (else it is removed).
+
+    For writers that take a file name rather than a stream (torch.onnx.export, torch.export.save)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        _fsync_file(tmp)
+        os.replace(tmp, p)
+        _fsync_dir(p.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write(path: str | Path, fill: Callable[[IO[bytes]], None]) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        fill(f)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return _write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    """Write `obj` as JSON (one trailing newline) to `path` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj)` to `path` atomically (checkpoints, model.pt)."""
+    import torch
+
+    return _write(path, lambda f: torch.save(obj, f))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line (a metrics.jsonl record) and flush it: a kill loses at most that line, which
+    readers skip when it is incomplete."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
