@@ -12,8 +12,7 @@ import torch
 
 from .. import dist
 from .datasets import Split
-from .transforms import cutout as apply_cutout
-from .transforms import random_crop_flip
+from .transforms import crop_flip, cutout_at, draw_augmentation
 
 
 class DeviceLoader:
@@ -74,16 +73,25 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
         nb = len(self)
+        draws = None
+        if self.augment or self.cutout:  # the epoch's random draws, one host-to-device copy
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7919)
+            h, w = self.x.shape[-2:]
+            draws = draw_augmentation(int(order.numel()), h, w, self.padding if self.augment else 0, self.cutout, g)
+            draws = draws.pin_memory() if self.device.type == "cuda" else draws
+            draws = draws.to(self.device, non_blocking=True)
         for i in range(nb):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            lo, hi = i * self.batch_size, (i + 1) * self.batch_size
+            idx = order[lo:hi]
             x = self.x.index_select(0, idx)
             if self.augment:  # on uint8 pixels: zero padding as torchvision pads the PIL image
-                x = random_crop_flip(x, self.padding, generator=g)
+                d = draws[:, lo:hi]
+                x = crop_flip(x, self.padding, d[0], d[1], d[2])
             x = torch.addcmul(self.shift, x.float(), self.scale)  # (x - mean) / std in one pass
             if self.cutout:
-                x = apply_cutout(x, self.cutout, generator=g)
+                d = draws[:, lo:hi]
+                x = cutout_at(x, self.cutout, d[3], d[4])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.y.index_select(0, idx)
