@@ -40,7 +40,7 @@ class PosteriorConfig(Config):
     """Posterior-guided one-shot NAS. Defaults: the paper (SupNet-MI on CIFAR-10, supplementary)."""
 
     space: Literal["supnet-m", "supnet-mi", "supnet-r"] = "supnet-mi"
-    width: int | None = None  # supernet base width; None: the space's (M 96, MI 192, R 64)
+    width: int | None = None  # supernet base width; None: the space's (M 96, MI 160, R 64)
     blocks: tuple[int, ...] | None = None  # blocks per stage; None: the space's ([4,4,4] / [3,4,6,3])
     stem: int | None = None  # SupNet-M/MI stem channels; None: 16
     stem_stride: int = 1  # SupNet-M/MI stem stride: 1 is the paper; 2 quarters the cost (CPU variants)
