@@ -40,3 +40,25 @@ def test_supnet_r_is_resnet50_with_the_texts_four_branches() -> None:
     _, params = plan.costs(torch.ones(1, plan.num_channels, dtype=torch.bool))
     assert int(params[0]) == resnet50 + extra
     assert round(int(params[0]) / 1e6, 1) == 28.1
+
+
+# ---- the hybrid representation under reduced precision ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_concrete_noise_is_drawn_in_float32_under_low_precision(dtype: torch.dtype) -> None:
+    """Uniform draws in bf16/fp16 are so coarse near 0 and 1 that the logistic noise log(-log u1) - log(-log u2)
+    is cut off at about +-8 to +-10 (and u rounding to 1 gives -inf, NaN when both do): a group with a small
+    drop rate is then never dropped. The noise must be drawn in float32 whatever the activations' dtype; the
+    mask comes back in that dtype."""
+    from posterior_nas import GatedConv
+
+    torch.manual_seed(0)
+    like = torch.zeros(1, dtype=dtype)
+    rare = GatedConv(4, 4, 1, gated=True, p_init=2e-5, temperature=0.2)
+    m = rare.concrete_mask(2000, 1000, like)  # 2e6 draws: 40 drops expected (std 6.3)
+    assert m.dtype == dtype
+    assert bool(torch.isfinite(m).all())
+    assert 15 <= int((m.float() < 0.5).sum()) <= 70
+    common = GatedConv(4, 4, 1, gated=True, p_init=0.3, temperature=0.2)
+    m = common.concrete_mask(1000, 100, like)
+    assert float((m.float() < 0.5).float().mean()) == pytest.approx(0.3, abs=0.01)

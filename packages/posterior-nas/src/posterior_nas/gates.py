@@ -59,13 +59,16 @@ class GatedConv(nn.Module):
     def concrete_mask(self, batch: int, channels: int, like: torch.Tensor) -> torch.Tensor:
         """A relaxed keep-mask (batch, channels) in (0, 1): 1 - sigmoid((logit p + logistic noise) / tau).
 
-        The logistic noise is drawn as log(-log u1) - log(-log u2), as in the official code.
+        The logistic noise is drawn as log(-log u1) - log(-log u2), as in the official code, always in
+        float32: bf16/fp16 uniforms are so coarse near 0 and 1 that the noise would be cut off at about
+        +-8 (a group with a small drop rate never dropped) or reach -inf/NaN where u rounds to 1. The mask
+        is returned in `like`'s dtype.
         """
         eps = 1e-7
-        u = torch.rand(2, batch, channels, device=like.device, dtype=like.dtype).clamp_(eps, 1 - eps)
+        u = torch.rand(2, batch, channels, device=like.device, dtype=torch.float32).clamp_(eps, 1 - eps)
         noise = torch.log(-torch.log(u[0])) - torch.log(-torch.log(u[1]))
-        drop = torch.sigmoid((self.p_logit.to(like.dtype) + noise) / self.temperature)
-        return 1.0 - drop
+        drop = torch.sigmoid((self.p_logit.float() + noise) / self.temperature)
+        return (1.0 - drop).to(like.dtype)
 
     def alive(self) -> torch.Tensor | None:
         """(M, 1) float: 1 where the hard mask keeps at least one channel; None without hard masks."""
