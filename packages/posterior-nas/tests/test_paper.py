@@ -62,3 +62,68 @@ def test_concrete_noise_is_drawn_in_float32_under_low_precision(dtype: torch.dty
     common = GatedConv(4, 4, 1, gated=True, p_init=0.3, temperature=0.2)
     m = common.concrete_mask(1000, 100, like)
     assert float((m.float() < 0.5).float().mean()) == pytest.approx(0.3, abs=0.01)
+
+
+# ---- the regulariser, against independent computations --------------------------------------------------
+
+def _expected_regulariser(gates: list, l2: float, N: float, form: str) -> float:
+    """The KL term computed from what it means, not from the package's formula:
+
+    * weights: the Gaussian prior N(0, I/l2) on the *sampled* weights phi = m * eps (eps_k ~ Bernoulli(1 - p)
+      per input channel), i.e. l2 / (2N) * E||phi||^2, the expectation taken exactly by enumerating every
+      keep-mask of the group's input channels with its probability;
+    * drop rates: minus the entropy of the group's Bernoulli variables, K channels each, from scipy (`entr`
+      is -x log x): the `paper` form keeps only the -p log p part, `concrete` the full binary entropy.
+    """
+    from itertools import product
+
+    from scipy.special import entr
+
+    total = 0.0
+    for g in gates:
+        p = float(torch.sigmoid(g.p_logit.detach().double()))
+        w = g.conv.weight.detach().double()
+        k = w.shape[1]
+        e_phi2 = 0.0
+        for keep in product((0, 1), repeat=k):
+            prob = 1.0
+            for kept in keep:
+                prob *= (1 - p) if kept else p
+            e_phi2 += prob * sum(float(w[:, c].pow(2).sum()) for c in range(k) if keep[c])
+        entropy = entr(p) + (entr(1 - p) if form == "concrete" else 0.0)
+        total += l2 / (2 * N) * e_phi2 - k / N * entropy
+    return total
+
+
+@pytest.mark.parametrize("form", ["paper", "concrete"])
+def test_regulariser_matches_an_independent_computation(form: str) -> None:
+    from posterior_nas import GatedConv, regulariser
+
+    torch.manual_seed(0)
+    gates = [GatedConv(3, 2, 1, gated=True, p_init=0.2), GatedConv(5, 4, 3, gated=True, p_init=0.6),
+             GatedConv(4, 3, 3, gated=True, p_init=0.03)]
+    l2, N = 7.0, 50.0
+    got = float(regulariser(gates, l2, N, form).detach())
+    assert got == pytest.approx(_expected_regulariser(gates, l2, N, form), rel=1e-5)
+
+
+@pytest.mark.parametrize("form, optimum", [("paper", 1 / 2.718281828459045), ("concrete", 0.5)])
+def test_entropy_term_has_the_documented_sign(form: str, optimum: float) -> None:
+    """The rate term is documented as minus an entropy: + (K/N) p log p (paper), + (K/N)[p log p + (1-p) log(1-p)]
+    (concrete), convex with its minimum at p = 1/e and p = 1/2. So with no weights, the regulariser is negative
+    and gradient descent on it brings p there from either side. (The sign Eq. 15 shows, -(K/N) p log p, is
+    concave: descent would push p to 0 or 1.)"""
+    from posterior_nas import GatedConv, regulariser
+
+    doc = regulariser.__doc__ or ""
+    assert "+  (K_g / N) * p_g * log p_g" in doc and "minimum at p = 1/e" in doc
+    for start in (0.05, 0.9):
+        g = GatedConv(4, 2, 1, gated=True, p_init=start)
+        torch.nn.init.zeros_(g.conv.weight)
+        assert float(regulariser([g], 1.0, 1.0, form).detach()) < 0
+        opt = torch.optim.SGD([g.p_logit], lr=0.5)
+        for _ in range(300):
+            opt.zero_grad()
+            regulariser([g], 1.0, 1.0, form).backward()
+            opt.step()
+        assert float(g.p.detach()) == pytest.approx(optimum, abs=1e-3)

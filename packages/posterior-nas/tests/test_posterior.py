@@ -83,28 +83,6 @@ def test_useless_branch_drop_rate_rises_useful_falls() -> None:
     assert pa < 0.05, pa
 
 
-@pytest.mark.parametrize("form", ["paper", "concrete"])
-def test_regulariser_matches_closed_form(form: str) -> None:
-    g1 = GatedConv(3, 2, 1, gated=True, p_init=0.2)
-    g2 = GatedConv(5, 4, 3, gated=True, p_init=0.6)
-    torch.nn.init.constant_(g1.conv.weight, 0.5)  # ||W||^2 = 6 * 0.25
-    torch.nn.init.constant_(g2.conv.weight, -0.1)  # ||W||^2 = 180 * 0.01
-    l2, N = 10.0, 100.0
-
-    def term(p: float, w2: float, k: int) -> float:
-        ent = p * math.log(p) + ((1 - p) * math.log(1 - p) if form == "concrete" else 0.0)
-        return l2 * (1 - p) / (2 * N) * w2 + k / N * ent
-
-    expected = term(0.2, 1.5, 3) + term(0.6, 1.8, 5)
-    got = regulariser([g1, g2], l2, N, form)
-    assert float(got) == pytest.approx(expected, rel=1e-5)
-    # paper form: with no weights the drop-rate term has its minimum at p = 1/e (concrete: at 1/2)
-    torch.nn.init.zeros_(g1.conv.weight)
-    g1.p_logit.data.fill_(math.log(1 / math.e) - math.log(1 - 1 / math.e) if form == "paper" else 0.0)
-    regulariser([g1], l2, N, form).backward()
-    assert abs(float(g1.p_logit.grad)) < 1e-6
-
-
 def test_concrete_mask_is_relaxed_bernoulli() -> None:
     """At a low temperature the relaxed keep-mask is near {0, 1} and keeps a channel with prob 1 - p;
     no 1/(1-p) rescale."""

@@ -26,7 +26,7 @@ from nas_common.errors import BudgetError, ConfigError, RunError
 from nas_common.methods import SearchResult, Task
 from nas_common.runs import Run
 
-from .gates import regulariser
+from .gates import Regulariser
 from .sampling import best_index, channel_rates, draw_masks, score_masks
 from .spaces import get_supnet_space
 from .supernets import SupNet
@@ -159,6 +159,7 @@ class PosteriorSearch:
         held_loader = make_loader(held_split, config.batch_size, train=False, device=dev)
         held = list(held_loader) if held_split.in_memory else held_loader  # small sets: batches cut once
         l2, N = config.resolved_l2(), config.resolved_N()
+        reg = Regulariser(gates, l2, N, config.regulariser)
         t0 = time.time()
         for epoch in range(start, config.epochs):
             loader.set_epoch(epoch)
@@ -169,7 +170,7 @@ class PosteriorSearch:
             for x, y in run.progress(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(loader)):
                 logits = net(x)
                 ce = F.cross_entropy(logits, y)
-                loss = ce + regulariser(gates, l2, N, config.regulariser)
+                loss = ce + reg()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -179,7 +180,7 @@ class PosteriorSearch:
             sched.step()
             p = net.drop_rates().detach()
             run.log(epoch + 1, train_loss=ce_sum / max(seen, 1), train_acc=correct / max(seen, 1),
-                    reg=regulariser(gates, l2, N, config.regulariser).detach(), p_mean=p.mean(), p_min=p.min(),
+                    reg=reg().detach(), p_mean=p.mean(), p_min=p.min(),
                     p_max=p.max(), lr=sched.get_last_lr()[0], time_s=time.time() - t0)
             run.checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "config": config.to_dict()}, epoch + 1)
