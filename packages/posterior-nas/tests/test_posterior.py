@@ -88,7 +88,7 @@ def test_concrete_mask_is_relaxed_bernoulli() -> None:
     no 1/(1-p) rescale."""
     torch.manual_seed(0)
     g = GatedConv(4, 4, 1, gated=True, p_init=0.3, temperature=0.05)
-    m = g.concrete_mask(20000, 4, torch.zeros(1))
+    m = g.concrete_mask(20000, 4, torch.zeros(1)).detach()
     assert float(m.mean()) == pytest.approx(0.7, abs=0.02)
     assert float(((m > 0.05) & (m < 0.95)).float().mean()) < 0.1
     assert float(m.max()) <= 1.0
@@ -241,11 +241,16 @@ def test_best_index_prefers_accuracy_then_loss() -> None:
 # ---- config ---------------------------------------------------------------------------------------------
 
 def test_paper_preset_has_the_papers_values() -> None:
-    cfg = resolve_config(PosteriorConfig, "paper")
+    from types import SimpleNamespace
+
+    cifar10 = SimpleNamespace(input_shape=(3, 32, 32), num_classes=10)
+    cfg = resolve_config(PosteriorConfig, "paper").resolve(cifar10)
     assert (cfg.temperature, cfg.p_init, cfg.num_samples, cfg.batch_size, cfg.cutout) == (0.2, 0.1, 1500, 128, 16)
-    assert (cfg.lr, cfg.resolved_N(), cfg.resolved_l2()) == (0.01, 5e5, 150.0)
-    assert cfg.replace(space="supnet-m").resolved_l2() == 50.0
-    assert cfg.replace(space="supnet-r").resolved_l2() == 80.0
+    assert (cfg.lr, cfg.lr_schedule, cfg.epochs, cfg.N, cfg.l2, cfg.regulariser) == (0.01, "cosine", 1800, 5e5,
+                                                                                      150.0, "paper")
+    assert (cfg.space, cfg.width, cfg.drop_rates, cfg.finetune_epochs) == ("supnet-mi", None, "learned", 0)
+    assert get_supnet_space(cfg.space).default_net["width"] == 160
+    assert cfg.replace(space="supnet-m", l2=None).resolve(cifar10).l2 == 50.0
     tiny = resolve_config(PosteriorConfig, "tiny")
     assert tiny.space == "supnet-m" and tiny.blocks == (1, 1, 1)
 

@@ -4,7 +4,9 @@ A `GatedConv` is a conv whose *input channels* are switched on and off. In the s
 group (layer, kernel-size group) with a single learned drop rate p = sigmoid(p_logit):
 
 * training: concrete (relaxed Bernoulli) dropout on the input channels, one noise draw per example and
-  channel, temperature tau, and NO 1/(1-p) rescale (paper Eq. 16; the official `Conv2d_with_CD`);
+  channel, temperature tau, and NO 1/(1-p) rescale (paper Eq. 16; the official `Conv2d_with_CD`); with a
+  fixed drop rate (`fixed_rate`, the paper's "Random" baseline: p predefined, not learnt) plain hard
+  Bernoulli dropout at p, again without rescale;
 * evaluation without masks: the expected mask, i.e. the input times (1 - p);
 * hard masks (posterior-guided sampling): a given {0,1} mask per channel. Several masks are evaluated
   in one forward by folding them into the batch: with M masks and a batch of M*n images, images
@@ -45,6 +47,7 @@ class GatedConv(nn.Module):
         if gated:
             self.p_logit = nn.Parameter(torch.tensor(math.log(p_init) - math.log1p(-p_init)))
         self.hard_mask: torch.Tensor | None = None  # (M, cin) float {0,1}, set by SupNet.masked()
+        self.fixed_rate = False  # True: p is not learnt and training drops channels with hard Bernoulli draws
 
     @property
     def channels(self) -> int:
@@ -82,6 +85,9 @@ class GatedConv(nn.Module):
         if self.gated:
             if self.hard_mask is not None:
                 x = fold_mul(x, self.hard_mask.to(x.dtype))
+            elif self.training and self.fixed_rate:
+                keep = torch.rand(x.shape[0], x.shape[1], device=x.device) >= self.p.detach().float()
+                x = x * keep.to(x.dtype)[:, :, None, None]
             elif self.training:
                 x = x * self.concrete_mask(x.shape[0], x.shape[1], x)[:, :, None, None]
             else:

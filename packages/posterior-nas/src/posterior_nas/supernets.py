@@ -225,6 +225,14 @@ class SupNet(nn.Module):
         """Group name -> its GatedConv, in the plan's order (empty for a pruned network)."""
         return self._gates
 
+    def fix_drop_rates(self) -> SupNet:
+        """Freeze every group's drop rate at its current value and train with hard Bernoulli dropout at it
+        (the paper's "Random" baseline: a supernet trained with predefined, fixed dropout)."""
+        for g in self._gates.values():
+            g.p_logit.requires_grad_(False)
+            g.fixed_rate = True
+        return self
+
     def drop_rates(self) -> torch.Tensor:
         """The learned drop rate of every group, in the plan's order: (n_groups,)."""
         return torch.stack([g.p for g in self._gates.values()])
