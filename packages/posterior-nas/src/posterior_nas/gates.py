@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -83,6 +84,12 @@ class GatedConv(nn.Module):
         if self.in_idx is not None:
             x = x.index_select(1, self.in_idx)
         if self.gated:
+            if self.hard_mask is not None and self.hard_mask.shape[0] == 1:
+                # one mask for the whole batch: zero the weight's input slices instead of the activations
+                # (the same products, one small op instead of a pass over the batch)
+                w = self.conv.weight * self.hard_mask.to(self.conv.weight.dtype).view(1, -1, 1, 1)
+                c = self.conv
+                return F.conv2d(x, w, None, c.stride, c.padding, c.dilation, c.groups)
             if self.hard_mask is not None:
                 x = fold_mul(x, self.hard_mask.to(x.dtype))
             elif self.training and self.fixed_rate:
