@@ -8,9 +8,9 @@ The method `posterior-nas` (entry point `nas_common.methods`) and the spaces `su
 from importlib import metadata as _metadata
 
 from .analysis import kendall_tau, standalone_accuracy
-from .gates import GatedConv, regulariser
+from .gates import GatedConv, Regulariser, regulariser
 from .sampling import channel_rates, draw_masks, mean_drop_rate, sample_masks, score_masks
-from .search import PosteriorConfig, PosteriorSearch, supernet_net
+from .search import RECIPES, PosteriorConfig, PosteriorSearch, dataset_recipe, finetune, held_out_split, supernet_net
 from .spaces import SPACES_BY_NAME, SupNetSpace, get_supnet_space
 from .supernets import MPlan, Plan, RPlan, SupNet, inherit_weights
 
@@ -20,7 +20,8 @@ except _metadata.PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
 __all__ = [
-    "GatedConv", "MPlan", "Plan", "PosteriorConfig", "PosteriorSearch", "RPlan", "SPACES_BY_NAME", "SupNet",
-    "SupNetSpace", "channel_rates", "draw_masks", "get_supnet_space", "inherit_weights", "kendall_tau",
-    "mean_drop_rate", "regulariser", "sample_masks", "score_masks", "standalone_accuracy", "supernet_net",
+    "RECIPES", "GatedConv", "MPlan", "Plan", "PosteriorConfig", "PosteriorSearch", "RPlan", "Regulariser",
+    "SPACES_BY_NAME", "SupNet", "SupNetSpace", "channel_rates", "dataset_recipe", "draw_masks", "finetune",
+    "get_supnet_space", "held_out_split", "inherit_weights", "kendall_tau", "mean_drop_rate", "regulariser",
+    "sample_masks", "score_masks", "standalone_accuracy", "supernet_net",
 ]

@@ -20,7 +20,8 @@ from .supernets import Plan, SupNet
 def channel_rates(net: SupNet) -> torch.Tensor:
     """Each channel's drop rate (its group's p), over the flat layout: (K,)."""
     p = net.drop_rates().detach()
-    return torch.repeat_interleave(p, torch.tensor(net.plan.sizes, device=p.device))
+    sizes = torch.tensor(net.plan.sizes, device=p.device)
+    return torch.repeat_interleave(p, sizes, output_size=net.plan.num_channels)
 
 
 def mean_drop_rate(net: SupNet) -> float:

@@ -29,7 +29,7 @@ from .supernets import PLANS, Plan
 DEFAULT_NETS: dict[str, dict[str, Any]] = {
     "supnet-m": {"width": 96, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
                  "input": [3, 32, 32]},
-    "supnet-mi": {"width": 192, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
+    "supnet-mi": {"width": 160, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
                   "input": [3, 32, 32]},
     "supnet-r": {"width": 64, "blocks": [3, 4, 6, 3], "num_classes": 1000, "input": [3, 224, 224]},
 }

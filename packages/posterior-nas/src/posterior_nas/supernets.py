@@ -14,9 +14,10 @@ so `inherit_weights` can slice the supernet's weights into it.
 SupNet-M (shake-shake 26 2x96d layout): stem conv3x3 (16) + BN; 3 stages x 4 blocks; each block =
 two parallel paths ReLU-conv3x3-BN-ReLU-conv3x3-BN, summed with the skip (no shake: the dropout
 gates are the stochastic part); the down-sampling skip is ReLU + two 1x1 convs on the input and on
-the input shifted by one pixel, concatenated, BN (shake-shake). Widths 96/192/384. SupNet-MI: the
-same with widths doubled. Searched groups: both convs of every path; the stem, the skips and the
-classifier are fixed.
+the input shifted by one pixel, concatenated, BN (shake-shake). Widths 96/192/384 (26.2M params, the
+paper's Table 3). SupNet-MI: the same at widths 160/320/640, 72.7M params as in the paper's Table 3
+(its text says "doubling", which would give 104.7M). Searched groups: both convs of every path; the
+stem, the skips and the classifier are fixed.
 
 SupNet-R: ResNet-50 (v1.5, stride on the middle conv) whose 3x3 conv is replaced by four parallel
 branches with width/4 outputs each: 1x1, 3x3, 3x3 dilated 2 ("5x5") and 5x5 dilated 2 ("9x9"),
@@ -223,6 +224,14 @@ class SupNet(nn.Module):
     def gates(self) -> dict[str, GatedConv]:
         """Group name -> its GatedConv, in the plan's order (empty for a pruned network)."""
         return self._gates
+
+    def fix_drop_rates(self) -> SupNet:
+        """Freeze every group's drop rate at its current value and train with hard Bernoulli dropout at it
+        (the paper's "Random" baseline: a supernet trained with predefined, fixed dropout)."""
+        for g in self._gates.values():
+            g.p_logit.requires_grad_(False)
+            g.fixed_rate = True
+        return self
 
     def drop_rates(self) -> torch.Tensor:
         """The learned drop rate of every group, in the plan's order: (n_groups,)."""
