@@ -192,3 +192,12 @@ def test_imagefolder_held_out_part_of_train_is_not_augmented(tmp_path: Path) -> 
     assert a.shape == (3, 3, 16, 16) and torch.equal(a, b)
     a, b = batches(train=True)
     assert a.shape == (3, 3, 16, 16) and not torch.equal(a, b)
+
+
+def test_split_fingerprint_tells_other_images_apart() -> None:
+    train = get_dataset("cifar10-mini").subset(64, 8).train
+    a, b = train.split(0.5, seed=0)
+    again, _ = train.split(0.5, seed=0)
+    other, _ = train.split(0.5, seed=1)
+    assert a.fingerprint() == again.fingerprint() and a.fingerprint()["images"] == 32
+    assert a.fingerprint() != other.fingerprint() and a.fingerprint() != b.fingerprint()

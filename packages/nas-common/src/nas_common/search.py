@@ -78,6 +78,8 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
         metrics = {**result.metrics, "search_time_s": search_time}
         run.write_result({"kind": "search", "method": cls.name, "arch": arch.to_dict(), "costs": arch.costs,
                           "budget": task.budget.to_dict(), "over_budget": over, "metrics": metrics,
+                          "config": result.config or config_to_dict(config),
+                          "trained_model": result.model is not None,
                           "method_version": method_version(cls.name), "rank_state_digests": digests,
                           "rank_arch_digests": arch_digests}, device=task.device, seed=task.seed)
         result.metrics = metrics

@@ -87,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
         extra = "".join(f"  {k} {arch.costs[k]:.4g}" for k in budget.limits if k not in ("macs", "params"))
         print(f"  MACs {arch.costs['macs'] / 1e6:.2f}M  params {arch.costs['params'] / 1e6:.3f}M{extra}  "
               f"search {result.metrics.get('search_time_s', 0):.1f}s")
-        print(f"  written: {args.out}/arch.json (retrain with `nas train {args.out}/arch.json --out ...`)")
+        if result.model is not None:
+            print(f"  written: {args.out}/arch.json and model.pt, the search's trained network "
+                  f"(`nas eval {args.out}` evaluates it; retrain with `nas train {args.out}/arch.json --out ...`)")
+        else:
+            print(f"  written: {args.out}/arch.json (retrain with `nas train {args.out}/arch.json --out ...`)")
         if over:
             print(f"  WARNING: over budget: {'; '.join(over)}")
     return 1 if over else 0

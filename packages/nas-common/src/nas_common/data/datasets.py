@@ -1,6 +1,7 @@
 """The dataset registry and the in-memory dataset representation."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -49,6 +50,17 @@ class Split:
             return replace(self, x=self.x[idx], y=self.y[idx])
         base = self.indices if self.indices is not None else torch.arange(len(self.y))
         return replace(self, y=self.y[idx], indices=base[idx])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Its size and a digest of its labels and images (of its items' indices for data on disk): a
+        search records it, so that a later scoring can check it reads the same held-out images."""
+        h = hashlib.sha256()
+        h.update(self.y.to(torch.int64).cpu().numpy().tobytes())
+        if self.in_memory:
+            h.update(self.x.contiguous().cpu().numpy().tobytes())
+        elif self.indices is not None:
+            h.update(self.indices.to(torch.int64).cpu().numpy().tobytes())
+        return {"images": len(self), "digest": h.hexdigest()[:16]}
 
     def head(self, n: int) -> Split:
         return self.subset(torch.arange(min(n, len(self))))
