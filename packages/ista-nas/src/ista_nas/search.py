@@ -30,6 +30,7 @@ from torch import nn
 
 from nas_common.arch import Arch
 from nas_common.config import resolve_config
+from nas_common.costs import count_costs
 from nas_common.data import make_loader
 from nas_common.errors import ConfigError, NASError
 from nas_common.methods import SearchResult, Task
@@ -37,6 +38,7 @@ from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .coding import CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports
 from .config import ISTAConfig
+from .costs import count_macs_ptflops
 from .lasso import LassoError
 from .network import DARTS_BN_SPACE, absorb, one_stage_supernet, search_supernet, set_op_bn_trainable
 
@@ -73,13 +75,19 @@ class ISTASearch:
 
     def derive(self, result: SearchResult) -> Arch:
         """Top-2 |z| per node -> genotype -> an arch at the evaluation size (`darts`, or `darts-bn` for a
-        one-stage result, whose trained network is `result.model`)."""
+        one-stage result, whose trained network is `result.model`), with its costs: `macs`, `params` and
+        `macs-ptflops` (the published tables' convention, see `ista_nas.costs`)."""
         support = result.state["support"]
         support = support.tolist() if isinstance(support, torch.Tensor) else support
         spec = genotype_from_support(support)
         space = "darts-bn" if result.state.get("mode") == "one-stage" else "darts"
-        return Arch(space, spec, dict(result.state["net"]), method=self.name,
+        arch = Arch(space, spec, dict(result.state["net"]), method=self.name,
                     provenance={"mode": result.state.get("mode", "two-stage")})
+        with torch.random.fork_rng(devices=[]):  # building the network must not move the global RNG
+            model = arch.build()
+            shape = tuple(arch.net["input"])
+            costs = {**count_costs(model, shape), "macs-ptflops": float(count_macs_ptflops(model, shape))}
+        return arch.replace(costs=costs)
 
     # ---- the harness's ranking hook -----------------------------------------------------------------
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int, *,
