@@ -364,3 +364,37 @@ def test_an_unconverged_iterative_lasso_stops_the_search() -> None:
         ISTASearch._recover(code, config)
     assert torch.equal(code.support, before)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_search_steps_do_not_sync_on_cuda() -> None:
+    """The step functions under torch's sync debug mode (errors on any synchronising call)."""
+    dev = torch.device("cuda")
+    net, code, b_opt, w_opt = _step_setup()
+    net.to(dev)
+    code.to(dev)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(8, 3, 16, 16, generator=g).to(dev), torch.randint(0, 10, (8,), generator=g).to(dev))
+    support = code.support.tolist()
+    one = one_stage_supernet(4, 10, 3, 4, 3, auxiliary=True).to(dev)
+    o_opt = torch.optim.SGD(one.parameters(), lr=0.025, momentum=0.9)
+    frozen = torch.zeros(2, 4, dtype=torch.bool, device=dev)
+    keep_b = code.b.detach().clone()
+    oc = resolve_config(ISTAConfig, "paper").one_stage
+    with torch.no_grad():
+        w = code.weights()
+    normal, reduce = code.choices(w, support)
+
+    def steps() -> None:
+        ISTASearch._two_stage_step(net, code, support, b_opt, w_opt, batch, batch, 5.0)
+        ISTASearch._one_stage_search_step(one, code, support, frozen, keep_b, o_opt, b_opt, batch, oc)
+        ISTASearch._one_stage_train_step(one, normal, reduce, o_opt, batch, oc)
+
+    steps()  # optimizer state is created on the first step
+    torch.cuda.synchronize(dev)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        steps()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
