@@ -3,14 +3,18 @@
 Two-stage (the default): the DARTS search supernet (8 cells, C 16) on a 50/50 split of the training
 data; each step updates b on a validation batch (Adam, first order) and the network weights on a
 training batch (SGD, cosine); after each epoch z is re-solved from b by the LASSO and the top-2
-support changes accordingly. The genotype (top-2 |z| per node) is written as a `darts` arch with the
-evaluation size (C 36, 20 cells, auxiliary), to be retrained by `nas train`.
+support changes accordingly (the exact LASSO: a node it cannot solve stops the search with an error).
+The genotype (top-2 |z| per node) is written as a `darts` arch with the evaluation size (C 36, 20 cells,
+auxiliary; or DARTS' ImageNet network), to be retrained by `nas train`.
 
 One-stage (`mode = "one-stage"`): the searched network is the evaluation network, trained on all
 training data with one backward per batch feeding both the b step and the weight step; a node whose z
-moved less than `freeze_tol` in an epoch is frozen (its b, z fixed, its ops' BNs unfrozen); when all are
-frozen the op weights are absorbed into the BNs and the discrete network trains on. The result holds
-that network (`result.model`), a `darts-bn` arch that `nas eval` evaluates without retraining.
+moved at most `freeze_tol` in an epoch is frozen (its b, z fixed, its ops' BNs trainable); one epoch
+after all are frozen, the same network trains on with the same optimizer and its op weights as fixed
+multipliers, and when that ends the weights are absorbed into the BNs. The result holds that network
+(`result.model`), a `darts-bn` arch that `nas eval` evaluates without retraining.
+
+No step function syncs with the host: losses are summed on the device and read once per epoch.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import nn
 
 from nas_common.arch import Arch
 from nas_common.config import resolve_config
+from nas_common.costs import count_costs
 from nas_common.data import make_loader
 from nas_common.errors import ConfigError, NASError
 from nas_common.methods import SearchMethod, SearchResult, Task
@@ -33,6 +38,8 @@ from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
 from .coding import CompressedCode, genotype_from_support, support_weights, top_support, uniform_supports
 from .config import ISTAConfig
+from .costs import count_macs_ptflops
+from .lasso import LassoError
 from .network import DARTS_BN_SPACE, absorb, one_stage_supernet, search_supernet, set_op_bn_trainable
 
 
@@ -45,9 +52,13 @@ def _memory_format(config: ISTAConfig) -> torch.memory_format:
 
 
 def _eval_net(config: ISTAConfig, task: Task) -> dict[str, Any]:
+    """The `net` of the derived arch: the evaluation size, DARTS' ImageNet layout with eval_stem=imagenet."""
     c, h, w = task.input_shape
-    return {"C": config.eval_C, "layers": config.eval_layers, "auxiliary": config.eval_auxiliary,
-            "num_classes": task.num_classes, "input": [c, h, w]}
+    net = {"C": config.eval_C, "layers": config.eval_layers, "auxiliary": config.eval_auxiliary,
+           "num_classes": task.num_classes, "input": [c, h, w]}
+    if config.eval_stem != "cifar":
+        net["stem"] = config.eval_stem
+    return net
 
 
 class ISTASearch(SearchMethod):
@@ -65,13 +76,19 @@ class ISTASearch(SearchMethod):
 
     def derive(self, result: SearchResult) -> Arch:
         """Top-2 |z| per node -> genotype -> an arch at the evaluation size (`darts`, or `darts-bn` for a
-        one-stage result, whose trained network is `result.model`)."""
+        one-stage result, whose trained network is `result.model`), with its costs: `macs`, `params` and
+        `macs-ptflops` (the published tables' convention, see `ista_nas.costs`)."""
         support = result.state["support"]
         support = support.tolist() if isinstance(support, torch.Tensor) else support
         spec = genotype_from_support(support)
         space = "darts-bn" if result.state.get("mode") == "one-stage" else "darts"
-        return Arch(space, spec, dict(result.state["net"]), method=self.name,
+        arch = Arch(space, spec, dict(result.state["net"]), method=self.name,
                     provenance={"mode": result.state.get("mode", "two-stage")})
+        with torch.random.fork_rng(devices=[]):  # building the network must not move the global RNG
+            model = arch.build()
+            shape = tuple(arch.net["input"])
+            costs = {**count_costs(model, shape), "macs-ptflops": float(count_macs_ptflops(model, shape))}
+        return arch.replace(costs=costs)
 
     # ---- the harness's ranking hook -----------------------------------------------------------------
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int, *,
@@ -191,14 +208,52 @@ class ISTASearch(SearchMethod):
 
     @staticmethod
     def _recover(code: CompressedCode, config: ISTAConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The LASSO solution of every node from the current b (not adopted yet), and its statistics.
+
+        The homotopy raises LassoError itself if a node fails; the iterative solvers may stop at their
+        iteration cap, and then this raises instead of letting the search adopt an unconverged support.
+        """
         t0 = time.perf_counter()
         z, res = code.recover(config.gamma, method=config.lasso_method, tol=config.lasso_tol,
                               max_iter=config.lasso_max_iter)
-        stats = {"lasso_iters": res.iterations, "lasso_converged": int(res.converged.sum()),
-                 "lasso_time_s": time.perf_counter() - t0}
+        converged = int(res.converged.sum())
+        kkt = float(res.kkt.max()) / config.gamma if res.kkt is not None else float("nan")
+        if converged < res.converged.numel():
+            raise LassoError(f"lasso_method={config.lasso_method!r} stopped after {res.iterations} iterations with "
+                             f"{res.converged.numel() - converged} of {res.converged.numel()} nodes unconverged "
+                             f"(optimality residual {kkt:.3g}*gamma > lasso_tol={config.lasso_tol:g}): their "
+                             f"support may be wrong; use lasso_method=homotopy (exact) or raise lasso_max_iter")
+        stats = {"lasso_iters": res.iterations, "lasso_kkt_over_gamma": kkt, "lasso_time_s": time.perf_counter() - t0}
         return z, stats
 
     # ---- two-stage ---------------------------------------------------------------------------------
+    @staticmethod
+    def _two_stage_step(net: nn.Module, code: CompressedCode, support: list, b_opt: torch.optim.Optimizer,
+                        w_opt: torch.optim.Optimizer, train_batch: tuple[torch.Tensor, torch.Tensor],
+                        valid_batch: tuple[torch.Tensor, torch.Tensor], grad_clip: float) -> torch.Tensor:
+        """One search step: a b step on the validation batch (first order: only b's gradient), then a
+        weight step on the training batch with the updated, fixed op weights. Returns the device tensor
+        [train loss sum, train correct, valid loss sum]; no host sync."""
+        xt, yt = train_batch
+        xv, yv = valid_batch
+        normal, reduce = code.choices(support=support)
+        loss_v = F.cross_entropy(_logits(net.forward_sparse(xv, normal, reduce)), yv)
+        b_opt.zero_grad(set_to_none=True)
+        (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
+        b_opt.step()
+        with torch.no_grad():
+            w = code.weights()
+        normal, reduce = code.choices(w, support)
+        logits = _logits(net.forward_sparse(xt, normal, reduce))
+        loss_t = F.cross_entropy(logits, yt)
+        w_opt.zero_grad(set_to_none=True)
+        loss_t.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        w_opt.step()
+        with torch.no_grad():
+            return torch.stack([loss_t.detach() * yt.shape[0], (logits.argmax(1) == yt).sum().to(logits.dtype),
+                                loss_v.detach() * yv.shape[0]])
+
     def _search_two_stage(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
         device = task.device
         c_in = task.input_shape[0]
@@ -210,6 +265,8 @@ class ISTASearch(SearchMethod):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, config.epochs, eta_min=config.lr_min)
         b_opt = torch.optim.Adam([code.b], lr=config.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
                                  weight_decay=config.arch_weight_decay)
+        # the weights train on the first part of the split, b on the second (the official code: the first
+        # and the last 25k CIFAR images)
         train_split, valid_split = task.dataset.train.split(config.train_fraction, seed=task.seed)
         cl = config.channels_last
         train = make_loader(train_split, config.batch_size, train=True, device=device, seed=task.seed, channels_last=cl)
@@ -236,36 +293,20 @@ class ISTASearch(SearchMethod):
             valid.set_epoch(epoch)
             net.train()
             support = code.support.tolist()  # one host transfer per epoch
-            tot = torch.zeros(4, device=device)  # train loss, train correct, valid loss, seen
-            steps = 0
-            for (xt, yt), (xv, yv) in zip(train, valid, strict=False):
-                # b step on a validation batch (first order): only b's gradient is computed
-                normal, reduce = code.choices(support=support)
-                loss_v = F.cross_entropy(_logits(net.forward_sparse(xv, normal, reduce)), yv)
-                b_opt.zero_grad(set_to_none=True)
-                (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
-                b_opt.step()
-                # weight step on a training batch, op weights fixed
-                with torch.no_grad():
-                    w = code.weights()
-                normal, reduce = code.choices(w, support)
-                logits = _logits(net.forward_sparse(xt, normal, reduce))
-                loss_t = F.cross_entropy(logits, yt)
-                w_opt.zero_grad(set_to_none=True)
-                loss_t.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-                w_opt.step()
-                with torch.no_grad():
-                    tot += torch.stack([loss_t.detach() * yt.numel(), (logits.argmax(1) == yt).sum().float(),
-                                        loss_v.detach() * yv.numel(), torch.tensor(float(yt.numel()), device=device)])
-                steps += 1  # noqa: SIM113 (zip of two loaders: a counter reads better than enumerate)
+            tot = torch.zeros(3, device=device)  # train loss sum, train correct, valid loss sum
+            seen_t = seen_v = 0
+            for batch_t, batch_v in zip(train, valid, strict=False):
+                tot += self._two_stage_step(net, code, support, b_opt, w_opt, batch_t, batch_v, config.grad_clip)
+                seen_t += batch_t[1].shape[0]
+                seen_v += batch_v[1].shape[0]
             sched.step()
             old_support = code.support.clone()
             z, stats = self._recover(code, config)
             code.set_code(z)
-            seen = max(float(tot[3]), 1.0)
-            run.log(epoch + 1, train_loss=float(tot[0]) / seen, train_acc=float(tot[1]) / seen,
-                    valid_loss=float(tot[2]) / seen, support_changed=int((code.support != old_support).any(-1).sum()),
+            t_loss, t_correct, v_loss = tot.tolist()
+            changed = int((code.support != old_support).any(-1).sum())
+            run.log(epoch + 1, train_loss=t_loss / max(seen_t, 1), train_acc=t_correct / max(seen_t, 1),
+                    valid_loss=v_loss / max(seen_v, 1), support_changed=changed,
                     b_norm=float(code.b.detach().norm()), epoch_time_s=time.perf_counter() - t0, **stats)
             run.checkpoint({"net": net.state_dict(), "code": code.state_dict(), "w_opt": w_opt.state_dict(),
                             "b_opt": b_opt.state_dict(), "sched": sched.state_dict()}, epoch=epoch + 1)
@@ -281,81 +322,77 @@ class ISTASearch(SearchMethod):
 
     # ---- one-stage ---------------------------------------------------------------------------------
     def _search_one_stage(self, task: Task, config: ISTAConfig, run: Run) -> SearchResult:
+        """Search phase: joint b and weight steps on all training data at the constant lr; after each
+        epoch z is re-solved and the nodes whose z moved at most `freeze_tol` freeze (their BNs become
+        trainable); once every node is frozen, one more epoch, then the train phase (the official code's
+        schedule): the same network, optimizer and fixed op weights, cosine lr to `lr_min`, drop path
+        ramped to `drop_path`, `epochs` epochs. At the end the weights are absorbed into the BNs."""
         oc = config.one_stage
         device = task.device
         net_cfg = _eval_net(config, task)
         supernet = one_stage_supernet(config.eval_C, task.num_classes, config.eval_layers, config.steps,
-                                      task.input_shape[0], config.eval_auxiliary).to(
+                                      task.input_shape[0], config.eval_auxiliary, stem=config.eval_stem).to(
                                           device, memory_format=_memory_format(config))
         code = self._code(config, task)
         w_opt = torch.optim.SGD(supernet.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
+        # stepped only in the train phase, as the official code: the search phase runs at the constant lr
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, max(oc.epochs, 1), eta_min=oc.lr_min)
         b_opt = torch.optim.Adam([code.b], lr=oc.arch_lr, betas=(config.arch_beta1, config.arch_beta2),
                                  weight_decay=oc.arch_weight_decay)
         loader = make_loader(task.dataset.train, oc.batch_size, train=True, device=device, seed=task.seed,
                              cutout=oc.cutout, channels_last=config.channels_last)
         frozen = torch.zeros(2, config.steps, dtype=torch.bool, device=device)
-        phase, model, t_opt, t_sched, train_start = "search", None, None, None, 0
-        start = 0
+        phase, train_start, start = "search", 0, 0
 
         state = run.restore()
         if state is not None:
             start = int(state["epoch"])
             code.load_state_dict(state["code"])
             frozen = state["frozen"].to(device)
-            phase = state["phase"]
-            if phase == "search":
-                supernet.load_state_dict(state["net"])
-                w_opt.load_state_dict(state["w_opt"])
-                b_opt.load_state_dict(state["b_opt"])
-                self._unfreeze_bns(supernet, code, frozen)
-            else:
-                train_start = int(state["train_start"])
-                model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device, build_only=True)
-                model.load_state_dict(state["net"])
-                t_opt.load_state_dict(state["w_opt"])
-                t_sched.load_state_dict(state["sched"])
+            phase, train_start = state["phase"], int(state["train_start"])
+            supernet.load_state_dict(state["net"])
+            w_opt.load_state_dict(state["w_opt"])
+            b_opt.load_state_dict(state["b_opt"])
+            sched.load_state_dict(state["sched"])
+            self._unfreeze_bns(supernet, code, frozen)
         else:
             z, _ = self._recover(code, config)
             code.set_code(z)
 
-        total = oc.max_search_epochs + oc.epochs  # an upper bound: the search usually freezes earlier
+        total = oc.max_search_epochs + 1 + oc.epochs  # an upper bound: the search usually freezes earlier
         for epoch in run.progress(range(start, total), desc="ista-nas one-stage", total=total - start):
-            if phase == "search" and epoch >= oc.max_search_epochs:
-                phase = "train"  # searched for too long: freeze everything as it is
-            if phase == "train" and model is None:
-                frozen.fill_(True)
-                model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device)
-                train_start = epoch
             if phase == "train" and epoch - train_start >= oc.epochs:
                 break
             t0 = time.perf_counter()
             loader.set_epoch(epoch)
+            lr = w_opt.param_groups[0]["lr"]
             if phase == "search":
+                all_frozen = bool(frozen.all())  # the flags this epoch starts with (the official's test)
                 log = self._one_stage_search_epoch(supernet, code, frozen, loader, w_opt, b_opt, config)
-                z, stats = self._recover(code, config)
-                log.update(stats)
-                self._freeze_update(code, z, frozen, supernet, config, net_cfg, log)
-                if bool(frozen.all()):
-                    phase = "train"
-                    model, t_opt, t_sched = self._train_phase(code, config, net_cfg, supernet, device)
-                    train_start = epoch + 1
+                if all_frozen:  # the official code stops after one more epoch with every node frozen
+                    phase, train_start = "train", epoch + 1
+                else:
+                    z, stats = self._recover(code, config)
+                    log.update(stats)
+                    self._freeze_update(code, z, frozen, supernet, config, net_cfg, log)
+                    if epoch + 1 >= oc.max_search_epochs and not bool(frozen.all()):
+                        # searched for the longest allowed: freeze every node as it is
+                        frozen.fill_(True)
+                        self._unfreeze_bns(supernet, code, frozen)
+                        phase, train_start = "train", epoch + 1
+                        log["forced_freeze"] = 1
+                log["phase"] = "search"
             else:
-                model.drop_path_prob = oc.drop_path * (epoch - train_start) / max(oc.epochs, 1)
-                log = self._train_epoch(model, loader, t_opt, oc)
-                t_sched.step()
-            run.log(epoch + 1, phase=phase, frozen=int(frozen.sum()), epoch_time_s=time.perf_counter() - t0, **log)
-            if phase == "search":
-                ckpt = {"phase": "search", "net": supernet.state_dict(), "w_opt": w_opt.state_dict(),
-                        "b_opt": b_opt.state_dict()}
-            else:
-                ckpt = {"phase": "train", "net": model.state_dict(), "w_opt": t_opt.state_dict(),
-                        "sched": t_sched.state_dict(), "train_start": train_start}
-            run.checkpoint({**ckpt, "code": code.state_dict(), "frozen": frozen.cpu()}, epoch=epoch + 1)
-        if model is None:  # no epoch ran in the train phase (e.g. epochs = 0)
-            frozen.fill_(True)
-            model, _, _ = self._train_phase(code, config, net_cfg, supernet, device)
+                supernet.drop_path_prob = oc.drop_path * (epoch - train_start) / max(oc.epochs, 1)
+                log = self._one_stage_train_epoch(supernet, code, loader, w_opt, oc)
+                sched.step()
+                log["phase"] = "train"
+            run.log(epoch + 1, frozen=int(frozen.sum()), lr=lr, epoch_time_s=time.perf_counter() - t0, **log)
+            run.checkpoint({"phase": phase, "train_start": train_start, "net": supernet.state_dict(),
+                            "w_opt": w_opt.state_dict(), "b_opt": b_opt.state_dict(), "sched": sched.state_dict(),
+                            "code": code.state_dict(), "frozen": frozen.cpu()}, epoch=epoch + 1)
 
-        model.drop_path_prob = 0.0
+        model = self._absorbed_model(supernet, code, net_cfg, config)
         return SearchResult(
             self.name,
             state={"mode": "one-stage", "z": code.z.detach().cpu(), "b": code.b.detach().cpu(),
@@ -363,7 +400,7 @@ class ISTASearch(SearchMethod):
                    "search_epochs": train_start},
             metrics={"search_epochs": train_start, "train_epochs": oc.epochs},
             config=config.to_dict(),
-            model=model.eval(),
+            model=model,
         )
 
     @staticmethod
@@ -372,41 +409,83 @@ class ISTASearch(SearchMethod):
         for t, i in frozen.nonzero().tolist():
             set_op_bn_trainable(supernet, t, i, [(c // code.n_ops, c % code.n_ops) for c in support[t][i]])
 
+    @staticmethod
+    def _one_stage_search_step(supernet: nn.Module, code: CompressedCode, support: list, frozen: torch.Tensor,
+                               keep_b: torch.Tensor, w_opt: torch.optim.Optimizer, b_opt: torch.optim.Optimizer,
+                               batch: tuple[torch.Tensor, torch.Tensor], oc: Any) -> torch.Tensor:
+        """One joint step: one backward, then the b step (frozen nodes keep their b) and the weight step.
+        Returns the device tensor [loss sum, correct]; no host sync."""
+        x, y = batch
+        normal, reduce = code.choices(support=support)
+        out = supernet.forward_sparse(x, normal, reduce)
+        logits = _logits(out)
+        loss = F.cross_entropy(logits, y)
+        if isinstance(out, tuple):
+            loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
+        w_opt.zero_grad(set_to_none=True)
+        b_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        b_opt.step()
+        with torch.no_grad():  # frozen nodes keep their b exactly
+            code.b.copy_(torch.where(frozen.unsqueeze(-1), keep_b, code.b))
+        nn.utils.clip_grad_norm_(supernet.parameters(), oc.grad_clip)
+        w_opt.step()
+        with torch.no_grad():
+            return torch.stack([loss.detach() * y.shape[0], (logits.argmax(1) == y).sum().to(logits.dtype)])
+
     def _one_stage_search_epoch(self, supernet: nn.Module, code: CompressedCode, frozen: torch.Tensor,
                                 loader: Any, w_opt: torch.optim.Optimizer, b_opt: torch.optim.Optimizer,
-                                config: ISTAConfig) -> dict[str, float]:
-        """One epoch of joint updates: one backward per batch, then a b step and a weight step."""
-        oc = config.one_stage
+                                config: ISTAConfig) -> dict[str, Any]:
+        """One epoch of joint updates at the constant lr, without drop path."""
         supernet.train()
         supernet.drop_path_prob = 0.0
-        support = code.support.tolist()
+        support = code.support.tolist()  # one host transfer per epoch
         keep_b = code.b.detach().clone()
-        tot = torch.zeros(3, device=code.b.device)
-        for x, y in loader:
-            normal, reduce = code.choices(support=support)
-            out = supernet.forward_sparse(x, normal, reduce)
-            logits = _logits(out)
-            loss = F.cross_entropy(logits, y)
-            if isinstance(out, tuple):
-                loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
-            w_opt.zero_grad(set_to_none=True)
-            b_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            b_opt.step()
-            with torch.no_grad():  # frozen nodes keep their b exactly
-                code.b.copy_(torch.where(frozen.unsqueeze(-1), keep_b, code.b))
-            nn.utils.clip_grad_norm_(supernet.parameters(), oc.grad_clip)
-            w_opt.step()
-            with torch.no_grad():
-                tot += torch.stack([loss.detach() * y.numel(), (logits.argmax(1) == y).sum().float(),
-                                    torch.tensor(float(y.numel()), device=y.device)])
-        seen = max(float(tot[2]), 1.0)
-        return {"train_loss": float(tot[0]) / seen, "train_acc": float(tot[1]) / seen}
+        tot = torch.zeros(2, device=code.b.device)
+        seen = 0
+        for batch in loader:
+            tot += self._one_stage_search_step(supernet, code, support, frozen, keep_b, w_opt, b_opt, batch,
+                                               config.one_stage)
+            seen += batch[1].shape[0]
+        loss, correct = tot.tolist()
+        return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+    @staticmethod
+    def _one_stage_train_step(supernet: nn.Module, normal: Any, reduce: Any, w_opt: torch.optim.Optimizer,
+                              batch: tuple[torch.Tensor, torch.Tensor], oc: Any) -> torch.Tensor:
+        """One weight step of the train phase, op weights fixed. Returns [loss sum, correct]; no host sync."""
+        x, y = batch
+        out = supernet.forward_sparse(x, normal, reduce)
+        logits = _logits(out)
+        loss = F.cross_entropy(logits, y)
+        if isinstance(out, tuple):
+            loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
+        w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(supernet.parameters(), oc.grad_clip)
+        w_opt.step()
+        with torch.no_grad():
+            return torch.stack([loss.detach() * y.shape[0], (logits.argmax(1) == y).sum().to(logits.dtype)])
+
+    def _one_stage_train_epoch(self, supernet: nn.Module, code: CompressedCode, loader: Any,
+                               w_opt: torch.optim.Optimizer, oc: Any) -> dict[str, Any]:
+        """One epoch of the train phase: the searched network with its op weights as fixed multipliers."""
+        supernet.train()
+        with torch.no_grad():
+            w = code.weights()
+        normal, reduce = code.choices(w, code.support.tolist())
+        tot = torch.zeros(2, device=code.b.device)
+        seen = 0
+        for batch in loader:
+            tot += self._one_stage_train_step(supernet, normal, reduce, w_opt, batch, oc)
+            seen += batch[1].shape[0]
+        loss, correct = tot.tolist()
+        return {"train_loss": loss / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
     def _freeze_update(self, code: CompressedCode, z: torch.Tensor, frozen: torch.Tensor, supernet: nn.Module,
                        config: ISTAConfig, net_cfg: dict[str, Any], log: dict[str, Any]) -> None:
         """Adopt the new z for unfrozen nodes (unless the size guard rejects it) and freeze the nodes
-        whose z moved by at most `freeze_tol`."""
+        whose z moved by at most `freeze_tol` (‖Δz‖₂ of the whole LASSO solution, as the official code)."""
         oc = config.one_stage
         old = code.z.clone()
         new = torch.where(frozen.unsqueeze(-1), old, z)
@@ -414,7 +493,7 @@ class ISTASearch(SearchMethod):
         cand_support = top_support(new, code.mask, code.sparsity)
         params = _count_params(genotype_from_support(cand_support.tolist()), net_cfg)
         log.update({"z_moved_max": float(moved.max()), "candidate_params": params})
-        if params > oc.max_params:
+        if params >= oc.max_params:
             log["rejected"] = 1  # keep the old selection; freezing waits for an accepted one
             return
         code.set_code(new)
@@ -424,45 +503,17 @@ class ISTASearch(SearchMethod):
         for t, i in newly.nonzero().tolist():
             set_op_bn_trainable(supernet, t, i, [(c // code.n_ops, c % code.n_ops) for c in support[t][i]])
 
-    def _train_phase(self, code: CompressedCode, config: ISTAConfig, net_cfg: dict[str, Any], supernet: nn.Module,
-                     device: torch.device, build_only: bool = False
-                     ) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
-        """Absorb the op weights into the BNs: the discrete network, its optimizer and cosine schedule."""
-        oc = config.one_stage
+    @staticmethod
+    def _absorbed_model(supernet: nn.Module, code: CompressedCode, net_cfg: dict[str, Any],
+                        config: ISTAConfig) -> nn.Module:
+        """The trained `darts-bn` network: the supernet's selected ops with the op weights absorbed."""
         support = code.support.tolist()
         spec = genotype_from_support(support)
         with torch.random.fork_rng(devices=[]):  # built on the CPU: the global RNG stream is untouched
-            if build_only:
-                model = DARTS_BN_SPACE.build(spec, net_cfg).to(device)
-            else:
-                model = absorb(supernet, code.weights().detach(), support, spec, net_cfg)
+            model = absorb(supernet, code.weights().detach(), support, spec, net_cfg)
         model = model.to(memory_format=_memory_format(config))
-        opt = torch.optim.SGD(model.parameters(), lr=oc.lr, momentum=oc.momentum, weight_decay=oc.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(oc.epochs, 1), eta_min=oc.lr_min)
-        return model, opt, sched
-
-    @staticmethod
-    def _train_epoch(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, oc: Any) -> dict[str, float]:
-        model.train()
-        tot = None
-        for x, y in loader:
-            out = model(x)
-            logits = _logits(out)
-            loss = F.cross_entropy(logits, y)
-            if isinstance(out, tuple):
-                loss = loss + oc.auxiliary_weight * F.cross_entropy(out[1], y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
-            opt.step()
-            with torch.no_grad():
-                row = torch.stack([loss.detach() * y.numel(), (logits.argmax(1) == y).sum().float(),
-                                   torch.tensor(float(y.numel()), device=y.device)])
-                tot = row if tot is None else tot + row
-        if tot is None:
-            return {}
-        seen = max(float(tot[2]), 1.0)
-        return {"train_loss": float(tot[0]) / seen, "train_acc": float(tot[1]) / seen}
+        model.drop_path_prob = 0.0
+        return model.eval()
 
 
 _PARAMS_CACHE: dict[str, float] = {}
