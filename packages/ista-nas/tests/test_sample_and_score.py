@@ -127,7 +127,7 @@ def test_hook_errors_are_one_line(run_dir: Path, tmp_path: Path) -> None:
             ISTASearch().sample_and_score(where, task or _task(), 2, seed=0)
         assert "\n" not in str(err.value)
 
-    check(tmp_path / "nothing", "config.toml")
+    check(tmp_path / "nothing", "does not exist")
     check(run_dir, "seed", _task(seed=3))
     cut = tmp_path / "cut"
     shutil.copytree(run_dir, cut)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nas_common.costs import count_macs
+from nas_common.costs import CostInfo, count_macs, register_cost
 from nas_common.registry import COSTS
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -68,11 +68,10 @@ def count_macs_ptflops(model: nn.Module, input_shape: Sequence[int], device: tor
     return int(count_macs(model, shape, device=device)) + _elementwise_ops(model, shape, device)
 
 
-def _macs_ptflops(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> float:
-    return float(count_macs_ptflops(model, input_shape, device))
-
-
 if "macs-ptflops" not in COSTS._items:  # importing twice (reload) must not register twice
-    COSTS.register("macs-ptflops", _macs_ptflops)
+    register_cost(CostInfo(
+        "macs-ptflops", "multiply-adds", "MACs plus BN, ReLU, pooling and bias elements (ptflops, as the "
+        "DARTS-family ImageNet tables count)",
+        lambda model, shape, arg, device: float(count_macs_ptflops(model, shape, device))))
 
 __all__ = ["count_macs_ptflops"]
