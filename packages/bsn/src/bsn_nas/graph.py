@@ -198,12 +198,15 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         m = mask.to(x.dtype).view(b, 1, 1, 1)
         n = m.sum() * (h * w)
         denom = n.clamp_min(1.0)
-        mean = (x * m).sum((0, 2, 3)) / denom
-        xc = x - mean.view(1, c, 1, 1)
-        var = (xc.square() * m).sum((0, 2, 3)) / denom
-        y = xc * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        xm = x * m
+        mean = xm.sum((0, 2, 3)) / denom
+        var = ((xm * x).sum((0, 2, 3)) / denom - mean.square()).clamp_min(0.0)  # biased, as BatchNorm's
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
         if self.affine:
-            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        y = torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))  # one pass over the activation
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 seen = n > 0
