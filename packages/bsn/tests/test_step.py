@@ -78,13 +78,13 @@ def _step(budget: Budget, **cfg: object) -> tuple[SearchStep, torch.Tensor, torc
 
 @pytest.mark.parametrize("supernet", ["rescnf", "cnf"])
 def test_search_step_has_no_host_sync(monkeypatch: pytest.MonkeyPatch, supernet: str) -> None:
-    """One step with a MACs budget, the paper's FLOPs and a distributed budget, executed as on an
-    accelerator (dense: what `auto` runs off the CPU): nothing in it copies to the host or waits."""
+    """The first step with a MACs budget, the paper's FLOPs and a distributed budget, executed as on an
+    accelerator (dense: what `auto` runs off the CPU): nothing in it copies to the host or waits (the
+    per-device matrices of the graph and the tables are made when the step is built)."""
     extra = {"cnf_layers": 2, "cnf_channels": 4} if supernet == "cnf" else {}
     step, x, y = _step(Budget(macs=1e9), supernet=supernet, execution="dense", budget_distributed=6.0,
                        budget_paper=1.0e6, distributed_k=2, **extra)
     assert set(step.budgets) == {"macs", "paper", "distributed"}
-    step(x, y)  # warm-up: caches of the graph and the tables
     before = step.logits.detach().clone()
     with no_host_sync(monkeypatch) as hits:
         stats = step(x, y)

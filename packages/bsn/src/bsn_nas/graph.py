@@ -210,14 +210,15 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 seen = n > 0
+                dt = self.running_mean.dtype
                 if self.momentum is None:  # cumulative average, as BatchNorm
-                    mom = 1.0 / (self.num_batches_tracked + seen.long()).clamp_min(1).to(x.dtype)
+                    mom = 1.0 / (self.num_batches_tracked + seen.long()).clamp_min(1).to(dt)
                 else:
-                    mom = torch.full((), self.momentum, dtype=x.dtype, device=x.device)
+                    mom = torch.full((), self.momentum, dtype=dt, device=x.device)
                 mom = torch.where(seen, mom, torch.zeros_like(mom))
                 unbiased = var.detach() * (n / (n - 1.0).clamp_min(1.0))
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), mom)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), mom)
+                self.running_mean.lerp_(mean.detach().to(dt), mom)
+                self.running_var.lerp_(unbiased.to(dt), mom)
                 self.num_batches_tracked.add_(seen.long())
         return y
 

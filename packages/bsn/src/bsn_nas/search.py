@@ -233,7 +233,11 @@ class SearchStep:
         opt_w = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
         opt_g = torch.optim.SGD([logits], lr=config.gate_lr, momentum=config.gate_momentum)
-        return cls(graph, cost_table(graph), model, logits, opt_w, opt_g, budgets, floors, config.distributed_k)
+        table = cost_table(graph)
+        graph._plan(torch.device(device))  # the per-device copies of the graph's and tables' matrices, made
+        table._on(torch.device(device))   # now rather than in the first step
+        table.schedule.to(torch.device(device))
+        return cls(graph, table, model, logits, opt_w, opt_g, budgets, floors, config.distributed_k)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
