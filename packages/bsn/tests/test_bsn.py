@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from bsn_nas import BSNNetwork, BSNSearch, cnf_graph, cost_table, hinge_penalty, makespan, resnet_graph
-from bsn_nas.costs import full_cost, min_connected_cost, pattern_costs
+from bsn_nas import BSNNetwork, BSNSearch, cnf_graph, cost_table, hinge_penalty, makespan, rescnf_graph, resnet_graph
+from bsn_nas.costs import count_paper_flops, full_cost, min_connected_cost, pattern_costs
 from bsn_nas.search import BSNConfig, check_budgets, lr_at, most_probable_path, reinforce_loss
 from nas_common import Arch, Budget, BudgetError, Task, count_macs, count_params, get_dataset, load_arch, save_arch
 from nas_common.errors import ArchFileError
@@ -17,7 +17,10 @@ from nas_common.registry import SPACES
 from nas_common.testing import SearchMethodTests
 
 MICRO_NET = {"depth": 8, "widths": [4, 8, 8], "num_classes": 10, "input": [3, 32, 32]}
+# the super network of the micro searches below (the default ResCNF at depth 8: one block per stage)
+MICRO_RESCNF = {"blocks": 1, "widths": [4, 8, 8], "shift": "slr", "num_classes": 10, "input": [3, 32, 32]}
 CNF_NET = {"layers": 3, "channels": 4, "num_classes": 10, "input": [3, 16, 16]}
+RESCNF_NET = {"blocks": 2, "widths": [4, 8, 8], "shift": "slr", "num_classes": 10, "input": [3, 16, 16]}
 
 
 def _patterns(g):  # every gate pattern of a small graph, as a (2^G, G) bool tensor
@@ -64,9 +67,10 @@ def test_reinforce_matches_exact_gradient_on_enumerable_supernet() -> None:
     assert ((estimate - exact).abs() < 4 * stderr + 1e-9).all(), (estimate, exact, stderr)
 
 
-def test_lr_schedule_steps_at_milestones() -> None:
+def test_lr_schedule_steps_after_the_official_epochs() -> None:
+    """The official adjust_lr (0-based epochs, `epoch > 150`): 0.1 through epoch 150, 0.01 through 225."""
     cfg = BSNConfig()
-    assert [lr_at(cfg, e) for e in (0, 149, 150, 224, 225, 299)] == pytest.approx(
+    assert [lr_at(cfg, e) for e in (0, 150, 151, 225, 226, 299)] == pytest.approx(
         [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
 
 
@@ -86,11 +90,12 @@ def test_disconnected_modules_cost_nothing() -> None:
     assert with_gap["macs"] == pytest.approx(cost_table(g).fixed["macs"])
 
 
-@pytest.mark.parametrize("make,net", [(resnet_graph, MICRO_NET), (cnf_graph, CNF_NET)])
+@pytest.mark.parametrize("make,net", [(resnet_graph, MICRO_NET), (rescnf_graph, RESCNF_NET), (cnf_graph, CNF_NET)])
 def test_sampled_costs_equal_counted_costs_of_the_pruned_network(make, net) -> None:
     g = make(net)
     rng = random.Random(0)
-    for _ in range(4):
+    checked = 0
+    for _ in range(40):
         keep = [nm for nm in g.gate_names if rng.random() < 0.6]
         if not g.connected(keep):
             continue
@@ -98,7 +103,12 @@ def test_sampled_costs_equal_counted_costs_of_the_pruned_network(make, net) -> N
         model = BSNNetwork(g, keep=pruned)
         costs = pattern_costs(g, keep)
         assert costs["macs"] == pytest.approx(count_macs(model, tuple(net["input"])))
+        assert costs["paper"] == pytest.approx(count_paper_flops(model, tuple(net["input"])))
         assert costs["params"] == pytest.approx(count_params(model))
+        checked += 1
+        if checked == 4:
+            break
+    assert checked == 4, f"only {checked} connected patterns drawn: the test checked too little"
 
 
 def test_full_b_resnet20_is_resnet20() -> None:
@@ -120,7 +130,7 @@ def test_min_connected_cost_is_the_brute_force_minimum(make, net) -> None:
     act = g.active(pats)
     ok = act[:, -1]
     table = cost_table(g)
-    for name in ("macs", "params"):
+    for name in ("macs", "paper", "params"):
         brute = table.cost(name, act[ok]).min().item()
         assert min_connected_cost(g, name) == pytest.approx(brute)
     assert min_connected_cost(g, "distributed") == pytest.approx(table.cost("distributed", act[ok], 2).min().item())
@@ -215,11 +225,17 @@ def test_makespan_chain_is_sum_and_parallel_is_max() -> None:
 def test_batched_makespan_matches_nas_common_schedule() -> None:
     """The vectorised schedule equals nas_common's reference list scheduler on each active subgraph."""
     ref = pytest.importorskip("nas_common.costs.distributed").makespan
-    g = cnf_graph(CNF_NET)
+    for g in (cnf_graph(CNF_NET), rescnf_graph(RESCNF_NET), resnet_graph({**MICRO_NET, "depth": 14})):
+        _check_makespan_against(ref, g)
+
+
+def _check_makespan_against(ref, g) -> None:  # noqa: ANN001
     table = cost_table(g)
-    gates = torch.rand(12, g.num_gates, generator=torch.Generator().manual_seed(0)) < 0.7
+    gen = torch.Generator().manual_seed(0)
+    gates = torch.cat([torch.rand(24, g.num_gates, generator=gen) < p for p in (0.5, 0.7, 0.9)])
     act = g.active(gates)
-    for k in (1, 2, 3):
+    assert act[:, -1].sum() >= 20, "too few connected patterns to compare"
+    for k in (1, 2, 3, 4):
         got = table.cost("distributed", act, k)
         for b in range(act.shape[0]):
             nodes = [i for i in range(len(g.nodes)) if act[b, i]]
@@ -299,7 +315,7 @@ def test_spaces_registered_and_validated(tmp_path) -> None:
 def test_search_shrinks_towards_budget_and_reports(tmp_path) -> None:
     from nas_common.search import run_search
 
-    g = resnet_graph(MICRO_NET)
+    g = rescnf_graph(MICRO_RESCNF)
     budget = 0.7 * full_cost(g, "macs")
     result, arch = run_search("bsn", _task(budget=Budget(macs=budget)), out=tmp_path / "r", preset="tiny",
                               overrides=dict(TestBSNConformance.micro), progress=False)
@@ -339,4 +355,4 @@ class TestBSNConformance(SearchMethodTests):
     budget = Budget(macs=0.7 * 1_000_000)  # replaced below by 70% of the micro super network's MACs
 
 
-TestBSNConformance.budget = Budget(macs=0.7 * full_cost(resnet_graph(MICRO_NET), "macs"))
+TestBSNConformance.budget = Budget(macs=0.7 * full_cost(rescnf_graph(MICRO_RESCNF), "macs"))

@@ -20,8 +20,8 @@ MICRO_NET = {"depth": 8, "widths": [4, 8, 8], "num_classes": 10, "input": [3, 32
 N_TRAIN, VAL = 160, 32
 # 4 short epochs: enough for the sub-networks' held-out accuracies to differ. eval_batch_size 64 over 32
 # held-out images: two networks share each scoring forward (the folded path).
-MICRO = {"depth": 8, "widths": [4, 8, 8], "epochs": 4, "batch_size": 16, "val_size": VAL, "lr": 0.1,
-         "lr_milestones": [100], "gate_lr": 0.5, "eval_batch_size": 64, "unbudgeted_cost": "none"}
+MICRO = {"supernet": "resnet", "depth": 8, "widths": [4, 8, 8], "epochs": 4, "batch_size": 16, "val_size": VAL,
+         "lr": 0.1, "lr_milestones": [100], "gate_lr": 0.5, "eval_batch_size": 64, "unbudgeted_cost": "none"}
 
 
 def _task() -> Task:

@@ -12,6 +12,9 @@ The last node is the output, fed to the head. `BSNNetwork` builds the modules; w
 sampled network per example, skipping modules that are off or not on an input->output path (the
 "active" modules). The same class, built with `keep=...`, is the derived (pruned) network: its
 parameter names match the super network's, so the jointly trained weights load into it unchanged.
+
+Super networks: B-ResNet (`resnet_graph`), the residual fabric ResCNF with cross-stage shortcut blocks
+(`rescnf_graph`) and the convolutional neural fabric B-CNF (`cnf_graph`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from nas_common.ops import PointwiseConv2d
 NodeKind = Literal["input", "module", "add"]
 ExecMode = Literal["auto", "dense", "skip", "gather"]
 EXEC_MODES = ("auto", "dense", "skip", "gather")
+BNStats = Literal["active", "batch"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,16 @@ class Node:
     shape: tuple[int, int, int]
     op: dict[str, Any] | None = None
     steps: int = 0
+
+
+@dataclass(frozen=True)
+class _ReachPlan:
+    """Reachability as a few matrix products per topological level (built once per graph and device)."""
+
+    is_module: torch.Tensor              # (N,) float: 1 for gated module nodes
+    gate_to_node: torch.Tensor           # (G, N) float one-hot: gate g switches node modules[g]
+    fwd_levels: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (node idx, adjacency[:, idx]) per level
+    bwd_levels: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (node idx, adjacency[idx, :].T) per level
 
 
 @dataclass(frozen=True)
@@ -90,51 +104,72 @@ class SuperGraph:
         return self._cache["index"][name]
 
     # ---- connectivity ------------------------------------------------------------------------
+    def _plan(self, device: torch.device) -> _ReachPlan:
+        key = f"reach:{device}"
+        if key in self._cache:
+            return self._cache[key]
+        n = len(self.nodes)
+        adj = torch.zeros(n, n)
+        for i, node in enumerate(self.nodes):
+            for j in node.inputs:
+                adj[j, i] = 1.0
+        depth = [0] * n
+        for i, node in enumerate(self.nodes):
+            depth[i] = 1 + max((depth[j] for j in node.inputs), default=-1)
+        height: list[int | None] = [None] * n
+        height[n - 1] = 0
+        for i in range(n - 2, -1, -1):
+            hs = [height[c] for c in self.consumers[i] if height[c] is not None]
+            height[i] = 1 + max(hs) if hs else None  # None: reaches no output (never active)
+
+        def levels(key_of: list[int | None], rows: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+            groups: dict[int, list[int]] = {}
+            for i, lv in enumerate(key_of):
+                if lv is not None and lv > 0:
+                    groups.setdefault(lv, []).append(i)
+            out = []
+            for lv in sorted(groups):
+                idx = torch.tensor(groups[lv], dtype=torch.long)
+                mat = adj[idx, :].t() if rows else adj[:, idx]
+                out.append((idx.to(device), mat.contiguous().to(device)))
+            return tuple(out)
+
+        is_module = torch.tensor([float(nd.kind == "module") for nd in self.nodes])
+        g2n = torch.zeros(self.num_gates, n)
+        g2n[torch.arange(self.num_gates), torch.tensor(self.modules, dtype=torch.long)] = 1.0
+        plan = _ReachPlan(is_module.to(device), g2n.to(device), levels(depth, rows=False), levels(height, rows=True))
+        self._cache[key] = plan
+        return plan
+
     def active(self, gates: torch.Tensor) -> torch.Tensor:
         """(B, N) bool: node i is on an input->output path of example b's sampled network.
 
-        `gates` is (B, G) bool (gate g of example b). Boolean masks are propagated through the DAG in
-        topological order (forward reachability) and back (reaching the output), vectorised over the
-        batch; a node counts only if both hold, so disconnected modules cost nothing (the official
-        code charges them: a bug the paper's objective does not have).
+        `gates` is (B, G) bool (gate g of example b), on any device; so is the result. Reachability is
+        propagated level by level through the DAG as 0/1 matrices (forward from the input, backward
+        from the output), one small matrix product per topological level, vectorised over the batch
+        and free of host syncs; a node counts only if both hold, so disconnected modules cost nothing
+        (the official code charges them: a bug the paper's objective does not have).
         """
-        gates = gates.bool()
-        b = gates.shape[0]
-        n = len(self.nodes)
-        gate_of = {node: g for g, node in enumerate(self.modules)}
-        true = torch.ones(b, dtype=torch.bool, device=gates.device)
-        false = torch.zeros(b, dtype=torch.bool, device=gates.device)
-        fwd: list[torch.Tensor] = [false] * n
-        for i, node in enumerate(self.nodes):
-            if node.kind == "input":
-                fwd[i] = true
-            elif node.kind == "module":
-                fwd[i] = fwd[node.inputs[0]] & gates[:, gate_of[i]]
-            else:
-                f = fwd[node.inputs[0]]
-                for j in node.inputs[1:]:
-                    f = f | fwd[j]
-                fwd[i] = f
-        bwd: list[torch.Tensor] = [false] * n
-        cons = self.consumers
-        for i in range(n - 1, -1, -1):
-            if i == n - 1:
-                r = true
-            else:
-                r = false
-                for c in cons[i]:
-                    r = r | bwd[c]
-            if self.nodes[i].kind == "module":
-                r = r & gates[:, gate_of[i]]
-            bwd[i] = r
-        return torch.stack(fwd, 1) & torch.stack(bwd, 1)
+        plan = self._plan(gates.device)
+        b, n = gates.shape[0], len(self.nodes)
+        # per node: its gate for module nodes, 1 for the input and the (ungated) additions
+        open_ = gates.to(plan.gate_to_node.dtype) @ plan.gate_to_node + (1.0 - plan.is_module)
+        fwd = torch.zeros(b, n, device=gates.device)
+        fwd[:, 0] = 1.0
+        for idx, cols in plan.fwd_levels:
+            fwd.index_copy_(1, idx, (fwd @ cols).clamp_(max=1.0) * open_.index_select(1, idx))
+        bwd = torch.zeros(b, n, device=gates.device)
+        bwd[:, n - 1] = open_[:, n - 1]
+        for idx, rows in plan.bwd_levels:
+            bwd.index_copy_(1, idx, (bwd @ rows).clamp_(max=1.0) * open_.index_select(1, idx))
+        return (fwd * bwd) > 0
 
     def prune(self, keep: set[str] | list[str]) -> list[str]:
         """The kept module names that lie on an input->output path, in topological order."""
         keep = set(keep)
         gates = torch.tensor([[name in keep for name in self.gate_names]])
-        act = self.active(gates)[0]
-        return [self.nodes[i].name for i in self.modules if bool(act[i])]
+        act = self.active(gates)[0].tolist()
+        return [self.nodes[i].name for i in self.modules if act[i]]
 
     def connected(self, keep: set[str] | list[str]) -> bool:
         """Whether the kept modules connect the input to the output."""
@@ -144,6 +179,61 @@ class SuperGraph:
 
 
 # ---- modules --------------------------------------------------------------------------------------
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics can come from a subset of the batch.
+
+    `forward(x, mask)` in training mode normalises with the mean and (biased) variance of the examples
+    where `mask` (B,) is 1 and updates the running statistics with them (unbiased variance, as
+    BatchNorm does; no update when the mask is empty). So a module computed on the whole batch with
+    the mask of the examples that use it gives exactly what the module computed on those examples
+    alone gives (the per-example sub-network semantics; see `BSNNetwork`), with no host sync. Without a
+    mask, or in eval mode, it is a plain BatchNorm2d.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if mask is None or not self.training:
+            return super().forward(x)
+        b, c, h, w = x.shape
+        m = mask.to(x.dtype).view(b, 1, 1, 1)
+        n = m.sum() * (h * w)
+        denom = n.clamp_min(1.0)
+        xm = x * m
+        mean = xm.sum((0, 2, 3)) / denom
+        var = ((xm * x).sum((0, 2, 3)) / denom - mean.square()).clamp_min(0.0)  # biased, as BatchNorm's
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        y = torch.addcmul(shift.view(1, c, 1, 1), x, scale.view(1, c, 1, 1))  # one pass over the activation
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                seen = n > 0
+                dt = self.running_mean.dtype
+                if self.momentum is None:  # cumulative average, as BatchNorm
+                    mom = 1.0 / (self.num_batches_tracked + seen.long()).clamp_min(1).to(dt)
+                else:
+                    mom = torch.full((), self.momentum, dtype=dt, device=x.device)
+                mom = torch.where(seen, mom, torch.zeros_like(mom))
+                unbiased = var.detach() * (n / (n - 1.0).clamp_min(1.0))
+                self.running_mean.lerp_(mean.detach().to(dt), mom)
+                self.running_var.lerp_(unbiased.to(dt), mom)
+                self.num_batches_tracked.add_(seen.long())
+        return y
+
+
+class GatedSequential(nn.Sequential):
+    """nn.Sequential that hands a per-example mask to its BatchNorms (and nested GatedSequentials).
+
+    Called as `op(x)` it is a plain Sequential. An empty one is the identity (the skip op).
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        for m in self:
+            x = m(x, mask) if isinstance(m, (MaskedBatchNorm2d, GatedSequential)) else m(x)
+        return x
+
 
 class Upsample(nn.Module):
     """Nearest-neighbour resize to a fixed size (a fabric's up edge; x2 for power-of-two inputs)."""
@@ -156,21 +246,19 @@ class Upsample(nn.Module):
         return F.interpolate(x, size=self.size, mode="nearest")
 
 
-class BasicBranch(nn.Sequential):
+def basic_branch(cin: int, cout: int, stride: int) -> GatedSequential:
     """The residual branch of a CIFAR ResNet block: conv3x3(stride)-BN-ReLU-conv3x3-BN."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+    return GatedSequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), MaskedBatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), MaskedBatchNorm2d(cout))
 
 
-def conv_bn(cin: int, cout: int, k: int, stride: int, relu: bool = False) -> nn.Sequential:
+def conv_bn(cin: int, cout: int, k: int, stride: int, relu: bool = False) -> GatedSequential:
     conv = PointwiseConv2d(cin, cout, stride) if k == 1 else nn.Conv2d(cin, cout, k, stride, k // 2, bias=False)
-    layers: list[nn.Module] = [conv, nn.BatchNorm2d(cout)]
+    layers: list[nn.Module] = [conv, MaskedBatchNorm2d(cout)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    return GatedSequential(*layers)
 
 
 class Head(nn.Module):
@@ -188,13 +276,13 @@ def make_op(op: dict[str, Any]) -> nn.Module:
     """The nn.Module an op description stands for."""
     t = op["type"]
     if t == "basic":
-        return BasicBranch(op["cin"], op["cout"], op["stride"])
+        return basic_branch(op["cin"], op["cout"], op["stride"])
     if t == "identity":
-        return nn.Identity()
+        return GatedSequential()
     if t == "conv_bn":  # k x k conv (stride) + BN; relu optional (stems)
         return conv_bn(op["cin"], op["cout"], op.get("k", 3), op.get("stride", 1), op.get("relu", False))
     if t == "up_conv_bn":  # nearest upsampling to `size`, then 3x3 conv + BN
-        return nn.Sequential(Upsample(op["size"]), conv_bn(op["cin"], op["cout"], 3, 1))
+        return GatedSequential(Upsample(op["size"]), conv_bn(op["cin"], op["cout"], 3, 1))
     if t == "head":
         return Head(op["cin"], op["num_classes"])
     raise ValueError(f"unknown op type {t!r}")
@@ -209,18 +297,33 @@ class BSNNetwork(nn.Module):
     `forward(x, active=A)` runs the sampled network of each example: A is the (B, N) bool matrix of
     `SuperGraph.active`; a module is computed only for the examples where it is active. `mode` picks
     how: ``dense`` computes every module on the whole batch and multiplies by the mask (the official
-    code: no savings); ``skip`` skips a module that is inactive for the whole batch, else is dense;
-    ``gather`` runs a module only on the examples where it is active (index_select / index_copy);
-    ``auto`` skips, runs whole-batch modules directly and gathers when at most `gather_below` of the
-    batch needs the module (packages/bsn/benchmarks/bench_bsn.py measures the modes).
+    code; no savings, but no host sync: A may stay on the device); ``skip`` skips a module that is
+    inactive for the whole batch, else is dense; ``gather`` runs a module only on the examples where it
+    is active (index_select / index_copy); ``auto`` skips, runs whole-batch modules directly and gathers
+    when at most `gather_below` of the batch needs the module. skip, gather and auto read A on the host
+    (free on the CPU, one device->host copy per forward elsewhere). packages/bsn/benchmarks/bench_bsn.py
+    measures the modes.
+
+    Training numerics. With `bn_stats="active"` (the default) every mode computes the same function:
+    a module's BatchNorm uses the statistics of the examples that run it, which is what running each
+    example's own sub-network means; dense mode gets there with `MaskedBatchNorm2d`. With
+    `bn_stats="batch"` (the official code's numerics, dense mode only) the statistics of a module come
+    from the whole batch, including the examples that do not use it (their input to it zeroed or partial).
     """
 
     def __init__(self, graph: SuperGraph, keep: set[str] | list[str] | None = None, mode: ExecMode = "auto",
-                 gather_below: float = 0.9) -> None:
+                 gather_below: float = 0.9, bn_stats: BNStats = "active") -> None:
         super().__init__()
+        if mode not in EXEC_MODES:
+            raise ValueError(f"mode must be one of {EXEC_MODES}, got {mode!r}")
+        if bn_stats not in ("active", "batch"):
+            raise ValueError(f"bn_stats must be 'active' or 'batch', got {bn_stats!r}")
+        if bn_stats == "batch" and mode != "dense":
+            raise ValueError("bn_stats='batch' (whole-batch BatchNorm statistics) exists only in dense mode")
         self.graph = graph
         self.mode = mode
         self.gather_below = gather_below
+        self.bn_stats = bn_stats
         self.stem = make_op(graph.stem)
         keep_set = None if keep is None else set(keep)
         self.ops = nn.ModuleDict({
@@ -231,6 +334,8 @@ class BSNNetwork(nn.Module):
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         if active is None:
             return self._forward_static(x)
+        if self.mode == "dense":
+            return self._forward_dense(x, active)
         return self._forward_sampled(x, active)
 
     def _forward_static(self, x: torch.Tensor) -> torch.Tensor:
@@ -252,11 +357,31 @@ class BSNNetwork(nn.Module):
         shape = self.graph.nodes[-1].shape  # no path at all: the head sees zeros
         return x.new_zeros(x.shape[0], *shape)
 
+    def _forward_dense(self, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Every module on the whole batch, outputs multiplied by the mask: no host sync."""
+        nodes = self.graph.nodes
+        b = x.shape[0]
+        if active.device != x.device:  # a host-made pattern (evaluation); in a search it is made on the device
+            active = active.to(x.device)
+        mask = active.to(x.dtype)
+        per_example = self.bn_stats == "active"
+        outs: list[torch.Tensor | None] = [None] * len(nodes)
+        outs[0] = self.stem(x)
+        for i, node in enumerate(nodes):
+            if node.kind == "add":
+                outs[i] = _relu_sum([outs[j] for j in node.inputs])
+            elif node.kind == "module":
+                m = mask[:, i]
+                op = self.ops[node.name]
+                y = op(outs[node.inputs[0]], m) if per_example else op(outs[node.inputs[0]])
+                outs[i] = y * m.view(b, 1, 1, 1)
+        return self.head(self._final(outs[-1], x))
+
     def _forward_sampled(self, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         nodes = self.graph.nodes
         b = x.shape[0]
         act_cpu = active.detach().to("cpu")
-        counts = act_cpu.sum(0).tolist()  # the one host sync of a step
+        counts = act_cpu.sum(0).tolist()  # host-side decisions: a device->host copy off the CPU
         mask = active.to(device=x.device, dtype=x.dtype)
         outs: list[torch.Tensor | None] = [None] * len(nodes)
         outs[0] = self.stem(x)
@@ -269,9 +394,6 @@ class BSNNetwork(nn.Module):
             inp = outs[node.inputs[0]]
             op = self.ops[node.name]
             c = counts[i]
-            if self.mode == "dense":
-                outs[i] = None if inp is None else op(inp) * mask[:, i].view(b, 1, 1, 1)
-                continue
             if c == 0 or inp is None:
                 continue
             if c == b:
@@ -282,7 +404,8 @@ class BSNNetwork(nn.Module):
                 sub = op(inp.index_select(0, idx))
                 outs[i] = sub.new_zeros(b, *sub.shape[1:]).index_copy(0, idx, sub)
             else:
-                outs[i] = op(inp) * mask[:, i].view(b, 1, 1, 1)
+                m = mask[:, i]
+                outs[i] = op(inp, m) * m.view(b, 1, 1, 1)
         return self.head(self._final(outs[-1], x))
 
 
@@ -296,10 +419,88 @@ def _relu_sum(xs: list[torch.Tensor | None]) -> torch.Tensor | None:
     return F.relu(s)
 
 
-# ---- the two super networks ---------------------------------------------------------------------
+# ---- the super networks ---------------------------------------------------------------------------
 
 def _half(hw: tuple[int, int]) -> tuple[int, int]:
     return (hw[0] + 1) // 2, (hw[1] + 1) // 2
+
+
+SHIFT_LETTERS = "slr"
+
+
+def shortcut_sources(n: int, blocks: int, shift: str) -> list[int]:
+    """Which nodes of stage b-1 feed the shortcuts of block n of stage b > 0 (the official ResCNF rule).
+
+    Returns positions in stage b-1: j >= 0 is the output (addition) of its block j, -1 its input.
+    's': block blocks-n-2; 'l' (not for block 0): block blocks-1-n; 'r' (not for the last block):
+    block blocks-n-3. In the official code the input of stage b-1 is the stem for b = 1 and the
+    stage's IDENT node (its input) otherwise.
+    """
+    out = []
+    if "s" in shift:
+        out.append(max(-1, blocks - n - 2))
+    if "l" in shift and n != 0:
+        out.append(blocks - 1 - n)
+    if "r" in shift and n != blocks - 1:
+        out.append(max(-1, blocks - n - 3))
+    return out
+
+
+def _residual_graph(space: str, net: dict[str, Any], blocks: int, widths: list[int], shift: str) -> SuperGraph:
+    """Stages of `blocks` residual blocks; with `shift`, ResCNF's cross-stage shortcut blocks and skips.
+
+    Block n of stage s: a branch `s{s}b{n}_block` (conv3x3-BN-ReLU-conv3x3-BN, stride 2 at the start of
+    stages > 0), a skip `s{s}b{n}_skip` (identity, or 1x1 conv + BN where the shape changes) and, for
+    s > 0, one shortcut block `s{s}b{n}_sc{i}_block` and one shortcut skip `s{s}b{n}_sc{i}_skip` (1x1
+    conv + BN) from each source node of stage s-1 (`shortcut_sources`; stride = the resolution ratio,
+    2 or 4); the block's output is ReLU of the sum of all of them.
+    """
+    cin_img, h, w = (int(v) for v in net["input"])
+    stem_w = widths[0]
+    nodes: list[Node] = [Node("input", "input", (), (stem_w, h, w))]
+    stage_in: list[int] = []                        # node feeding stage s
+    stage_adds: list[list[int]] = []                # output node of block n of stage s
+    prev, cin, hw = 0, stem_w, (h, w)
+
+    def skip_or_proj(name: str, src: int, c_src: int, width: int, stride: int, shape: tuple[int, int, int]) -> None:
+        if stride == 1 and c_src == width:
+            nodes.append(Node(name, "module", (src,), shape, {"type": "identity"}, steps=0))
+        else:
+            nodes.append(Node(name, "module", (src,), shape,
+                              {"type": "conv_bn", "cin": c_src, "cout": width, "k": 1, "stride": stride}, steps=1))
+
+    for s, width in enumerate(widths):
+        stage_in.append(prev)
+        stage_adds.append([])
+        for j in range(blocks):
+            stride = 2 if (s > 0 and j == 0) else 1
+            out_hw = _half(hw) if stride == 2 else hw
+            shape = (width, *out_hw)
+            ins = []
+            nodes.append(Node(f"s{s}b{j}_block", "module", (prev,), shape,
+                              {"type": "basic", "cin": cin, "cout": width, "stride": stride}, steps=1))
+            ins.append(len(nodes) - 1)
+            skip_or_proj(f"s{s}b{j}_skip", prev, cin, width, stride, shape)
+            ins.append(len(nodes) - 1)
+            if s > 0 and shift:
+                for i, pos in enumerate(shortcut_sources(j, blocks, shift)):
+                    src = stage_adds[s - 1][pos] if pos >= 0 else stage_in[s - 1]
+                    src_stage = s - 1 if pos >= 0 else max(0, s - 2)
+                    sc_stride = 2 ** (s - src_stage)
+                    c_src = nodes[src].shape[0]
+                    nodes.append(Node(f"s{s}b{j}_sc{i}_block", "module", (src,), shape,
+                                      {"type": "basic", "cin": c_src, "cout": width, "stride": sc_stride}, steps=1))
+                    ins.append(len(nodes) - 1)
+                    skip_or_proj(f"s{s}b{j}_sc{i}_skip", src, c_src, width, sc_stride, shape)
+                    ins.append(len(nodes) - 1)
+            nodes.append(Node(f"s{s}b{j}_add", "add", tuple(ins), shape))
+            prev, cin, hw = len(nodes) - 1, width, out_hw
+            stage_adds[s].append(prev)
+    return SuperGraph(
+        space=space, net=dict(net),
+        stem={"type": "conv_bn", "cin": cin_img, "cout": stem_w, "k": 3, "stride": 1, "relu": True},
+        head={"type": "head", "cin": cin, "num_classes": int(net["num_classes"])},
+        nodes=tuple(nodes), input_shape=(cin_img, h, w))
 
 
 def resnet_graph(net: dict[str, Any]) -> SuperGraph:
@@ -308,33 +509,23 @@ def resnet_graph(net: dict[str, Any]) -> SuperGraph:
     Block j of stage s: a branch (conv3x3-BN-ReLU-conv3x3-BN, stride 2 at the start of stages > 0),
     a skip (identity, or 1x1 conv + BN where the shape changes: ResNet's option B, as nas_common's
     "resnet" space) and ReLU(branch + skip). A derived network with every gate on is ResNet-`depth`.
+    This is the official code's `-arch ResNet` (ResCNF without shortcuts).
     """
     depth, widths = int(net["depth"]), [int(w) for w in net["widths"]]
-    n = (depth - 2) // 6
-    cin_img, h, w = (int(v) for v in net["input"])
-    stem_w = widths[0]
-    nodes: list[Node] = [Node("input", "input", (), (stem_w, h, w))]
-    prev, cin, hw = 0, stem_w, (h, w)
-    for s, width in enumerate(widths):
-        for j in range(n):
-            stride = 2 if (s > 0 and j == 0) else 1
-            out_hw = _half(hw) if stride == 2 else hw
-            shape = (width, *out_hw)
-            nodes.append(Node(f"s{s}b{j}_block", "module", (prev,), shape,
-                              {"type": "basic", "cin": cin, "cout": width, "stride": stride}, steps=1))
-            if stride == 1 and cin == width:
-                nodes.append(Node(f"s{s}b{j}_skip", "module", (prev,), shape, {"type": "identity"}, steps=0))
-            else:
-                nodes.append(Node(f"s{s}b{j}_skip", "module", (prev,), shape,
-                                  {"type": "conv_bn", "cin": cin, "cout": width, "k": 1, "stride": stride},
-                                  steps=1))
-            nodes.append(Node(f"s{s}b{j}_add", "add", (len(nodes) - 2, len(nodes) - 1), shape))
-            prev, cin, hw = len(nodes) - 1, width, out_hw
-    return SuperGraph(
-        space="bsn-resnet", net=dict(net),
-        stem={"type": "conv_bn", "cin": cin_img, "cout": stem_w, "k": 3, "stride": 1, "relu": True},
-        head={"type": "head", "cin": cin, "num_classes": int(net["num_classes"])},
-        nodes=tuple(nodes), input_shape=(cin_img, h, w))
+    return _residual_graph("bsn-resnet", net, (depth - 2) // 6, widths, "")
+
+
+def rescnf_graph(net: dict[str, Any]) -> SuperGraph:
+    """ResCNF, the official code's residual fabric (`-arch ResCNF`, shift "slr"): B-ResNet plus shortcuts.
+
+    `net`: `blocks` per stage (3: ResNet-20's layout), stage `widths` (16, 32, 64) and `shift` (which
+    source rules of `shortcut_sources` apply; "slr" is the official default, "" gives B-ResNet). Every
+    block of a stage s > 0 gets, from each of its source nodes in stage s-1, a gated basic block and a
+    gated 1x1 projection skip into its addition, so a derived network can mix the classic ResNet path
+    with cross-stage paths of other costs. With shortcuts and shortcut skips off it is ResNet.
+    """
+    widths = [int(w) for w in net["widths"]]
+    return _residual_graph("bsn-rescnf", net, int(net["blocks"]), widths, str(net.get("shift", "slr")))
 
 
 def cnf_scales(h: int, w: int) -> list[tuple[int, int]]:
@@ -393,7 +584,7 @@ def cnf_graph(net: dict[str, Any]) -> SuperGraph:
         nodes=tuple(nodes), input_shape=(cin_img, h, w))
 
 
-GRAPHS = {"bsn-resnet": resnet_graph, "bsn-cnf": cnf_graph}
+GRAPHS = {"bsn-resnet": resnet_graph, "bsn-rescnf": rescnf_graph, "bsn-cnf": cnf_graph}
 
 
 def make_graph(space: str, net: dict[str, Any]) -> SuperGraph:

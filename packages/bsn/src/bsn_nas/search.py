@@ -4,8 +4,11 @@ Per batch: gates H ~ Bernoulli(sigmoid(logits)) independently per example; the a
 connected input->output) run; per example the reward is r = -(CE + sum_c lambda_c * max(0, C_c(H) - budget_c));
 the loss mean(CE) - sum_b sum_g log P(H_bg) * (r_b - mean(r)) gives the weights their backprop gradient
 and the gate logits the REINFORCE one (batch-mean baseline; summed over batch and gates, as the
-official code). One SGD step each (weights: 0.1 -> 0.01 @150 -> 0.001 @225, momentum 0.9, wd 1e-4;
-gates: lr 1e-3). Derive: gates with sigmoid(logit) > 0.5, modules off any input->output path removed.
+official code). One SGD step each (weights: 0.1, 0.01 after epoch 150, 0.001 after epoch 225, momentum
+0.9, wd 1e-4; gates: lr 1e-3). Derive: gates with sigmoid(logit) > 0.5, modules off any input->output
+path removed. A step (`SearchStep`) keeps everything on the device: sampling, connectivity, every cost
+(the distributed makespan included) and the penalty, with no host sync unless a host-driven execution
+mode is asked for off the CPU.
 """
 from __future__ import annotations
 
@@ -25,26 +28,31 @@ from nas_common.errors import BudgetError, ConfigError, RunError
 from nas_common.methods import CliOption, SearchMethod, SearchResult, Task
 from nas_common.runs import Run, load_final_checkpoint, read_search_record
 
-from .costs import COST_NAMES, cost_table, full_cost, hinge_penalty, min_connected_cost, pattern_costs
-from .graph import BSNNetwork, SuperGraph, resnet_depth_ok
+from .costs import COST_NAMES, CostTable, cost_table, full_cost, hinge_penalty, min_connected_cost, pattern_costs
+from .graph import SHIFT_LETTERS, BSNNetwork, ExecMode, SuperGraph, resnet_depth_ok
 from .spaces import graph_of
 
-SUPERNETS = {"resnet": "bsn-resnet", "cnf": "bsn-cnf"}
+SUPERNETS = {"rescnf": "bsn-rescnf", "resnet": "bsn-resnet", "cnf": "bsn-cnf"}
+BUDGET_OPTIONS = {"macs": "--budget-macs", "params": "--budget-params", "paper": "-o budget_paper=",
+                  "distributed": "-o budget_distributed="}
 
 
 @dataclass(frozen=True)
 class BSNConfig(Config):
     """BSN's hyperparameters; the defaults are the paper's / official code's (`paper` preset)."""
 
-    supernet: Literal["resnet", "cnf"] = "resnet"  # B-ResNet or B-CNF
-    depth: int = 20                     # B-ResNet: CIFAR ResNet depth 6n+2 (official default: 3 blocks/stage)
-    widths: tuple[int, ...] = (16, 32, 64)  # B-ResNet stage widths
-    cnf_layers: int = 8                 # B-CNF layers (README example of the official code)
-    cnf_channels: int = 128             # B-CNF channels of every module
+    # the super network: ResCNF (the residual fabric, whose derived networks include the paper's
+    # B-ResNet row), B-ResNet (the official `-arch ResNet`) or B-CNF
+    supernet: Literal["rescnf", "resnet", "cnf"] = "rescnf"
+    depth: int = 20                     # ResCNF / B-ResNet: ResNet depth 6n+2, i.e. (depth-2)/6 blocks per stage
+    widths: tuple[int, ...] = (16, 32, 64)  # ResCNF / B-ResNet stage widths
+    shift: str = "slr"                  # ResCNF: the shortcut source rules (official default "slr")
+    cnf_layers: int = 8                 # B-CNF layers (the official README's fabric)
+    cnf_channels: int = 45              # B-CNF channels: the full fabric is then 406M FLOPs, the paper's CNF
     epochs: int = 300
     batch_size: int = 64
     lr: float = 0.1
-    lr_milestones: tuple[int, ...] = (150, 225)
+    lr_milestones: tuple[int, ...] = (150, 225)  # lr *= gamma after these epochs (0-based, as the official code)
     lr_gamma: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -52,16 +60,26 @@ class BSNConfig(Config):
     gate_momentum: float = 0.0
     gate_init: float = 3.0              # logit: p = sigmoid(3) = 0.95
     threshold: float = 0.5              # derive: keep a module when its gate probability exceeds this
-    lambda_macs: float = 1e-7           # per raw MAC (the official "FLOP" of a conv is Cin*Cout*H*W*k^2)
+    lambda_paper: float = 1e-7          # per FLOP of the paper's count (MACs + additions): the paper's 1e-7
+    lambda_macs: float = 1e-7           # per MAC (with --budget-macs)
     lambda_params: float = 1e-5         # per parameter (not in the paper's text: our choice, ~ same pull as MACs)
     lambda_distributed: float = 0.1     # per schedule step (our choice)
     distributed_k: int = 2              # workers of the distributed cost (official default: parallel_2)
     budget_distributed: float | None = None  # max steps of the schedule on distributed_k workers
-    unbudgeted_cost: Literal["macs", "params", "none"] = "macs"  # with no budget: lambda*C (official: budget 0)
+    budget_paper: float | None = None   # max FLOPs of the paper's count (MACs + additions)
+    # with no budget: a plain penalty lambda*C (the official default, budget 0, on its FLOP count)
+    unbudgeted_cost: Literal["paper", "macs", "params", "none"] = "paper"
     val_size: int = 5000                # the last val_size training images: validation (not trained on)
     augment: bool = True                # pad-4 crop + flip
-    execution: Literal["auto", "dense", "skip", "gather"] = "auto"  # how gated modules run (see BSNNetwork)
+    # how gated modules run (see BSNNetwork): auto = skip/gather decided on the host when the device is
+    # the CPU (free there), dense elsewhere (no host sync in a step); skip/gather off the CPU copy the
+    # sampled pattern to the host every step
+    execution: Literal["auto", "dense", "skip", "gather"] = "auto"
     gather_below: float = 0.9           # auto: gather when at most this fraction of the batch needs a module
+    # BatchNorm statistics in training: "active" = of the examples that run the module (each example runs
+    # its own sub-network; every execution mode agrees), "batch" = of the whole batch (the official dense
+    # code, which also normalises over examples that skip the module; implies dense execution)
+    bn_stats: Literal["active", "batch"] = "active"
     eval_batch_size: int = 256
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -69,17 +87,39 @@ class BSNConfig(Config):
         # cifar10-mini on a CPU in minutes: 4,160 train / 500 validation images, 4 epochs (260 steps).
         # The gates move 50x faster to settle within those few hundred steps, and lambda is 5x smaller
         # so that the penalty does not outrun what the young weights gain over chance (see the README).
-        "tiny": {"epochs": 4, "lr": 0.05, "lr_milestones": (3,), "gate_lr": 0.05, "lambda_macs": 2e-8,
-                 "val_size": 500},
+        "tiny": {"epochs": 4, "lr": 0.05, "lr_milestones": (2,), "gate_lr": 0.05, "lambda_macs": 2e-8,
+                 "lambda_paper": 2e-8, "val_size": 500},
     }
+
+    def __post_init__(self) -> None:
+        if set(self.shift) - set(SHIFT_LETTERS) or len(set(self.shift)) != len(self.shift):
+            raise ConfigError(f"shift={self.shift!r} must be made of the letters s, l, r, each at most once "
+                              f"(the official default 'slr'; '' for no shortcuts)")
+        if self.bn_stats == "batch" and self.execution in ("skip", "gather"):
+            raise ConfigError(f"bn_stats='batch' (whole-batch BatchNorm statistics, the official code) runs every "
+                              f"module on the whole batch: use execution='dense' or 'auto', not {self.execution!r}")
+        if self.distributed_k < 1:
+            raise ConfigError(f"distributed_k={self.distributed_k} must be at least 1 worker")
+
+
+def execution_mode(config: BSNConfig, device: torch.device) -> ExecMode:
+    """The `BSNNetwork` mode a search runs: `auto` decides on the host only where that costs no sync."""
+    if config.bn_stats == "batch":
+        return "dense"
+    if config.execution == "auto":
+        return "auto" if torch.device(device).type == "cpu" else "dense"
+    return config.execution
 
 
 def budgets_of(task: Task, config: BSNConfig) -> dict[str, tuple[float, float]]:
     """cost name -> (budget, lambda) of every cost the objective penalises."""
-    lam = {"macs": config.lambda_macs, "params": config.lambda_params, "distributed": config.lambda_distributed}
+    lam = {"macs": config.lambda_macs, "paper": config.lambda_paper, "params": config.lambda_params,
+           "distributed": config.lambda_distributed}
     out: dict[str, tuple[float, float]] = {}
     if task.budget.macs is not None:
         out["macs"] = (float(task.budget.macs), lam["macs"])
+    if config.budget_paper is not None:
+        out["paper"] = (float(config.budget_paper), lam["paper"])
     if task.budget.params is not None:
         out["params"] = (float(task.budget.params), lam["params"])
     if config.budget_distributed is not None:
@@ -91,11 +131,15 @@ def budgets_of(task: Task, config: BSNConfig) -> dict[str, tuple[float, float]]:
 
 def supernet_graph(task: Task, config: BSNConfig) -> SuperGraph:
     c, h, w = task.input_shape
-    if config.supernet == "resnet":
+    if config.supernet in ("resnet", "rescnf"):
         if not resnet_depth_ok(config.depth):
             raise ConfigError(f"depth={config.depth} is not a CIFAR ResNet depth: use 6n+2 (8, 14, 20, 32, 56, 110)")
-        net = {"depth": config.depth, "widths": list(config.widths), "num_classes": task.num_classes,
-               "input": [c, h, w]}
+        if config.supernet == "resnet":
+            net = {"depth": config.depth, "widths": list(config.widths), "num_classes": task.num_classes,
+                   "input": [c, h, w]}
+        else:
+            net = {"blocks": (config.depth - 2) // 6, "widths": list(config.widths), "shift": config.shift,
+                   "num_classes": task.num_classes, "input": [c, h, w]}
     else:
         if config.cnf_layers < 2:
             raise ConfigError(f"cnf_layers={config.cnf_layers}: a fabric needs at least 2 layers")
@@ -111,7 +155,7 @@ def check_budgets(graph: SuperGraph, budgets: dict[str, tuple[float, float]], k:
         floor = min_connected_cost(graph, name)
         floors[name] = floor
         if budget > 0 and budget < floor:
-            opt = {"macs": "--budget-macs", "params": "--budget-params", "distributed": "-o budget_distributed="}[name]
+            opt = BUDGET_OPTIONS[name]
             raise BudgetError(
                 f"{name} budget {budget:.4g} is below the cheapest connected network of this {graph.space} super "
                 f"network ({floor:.4g}{' steps' if name == 'distributed' else ''}, full network "
@@ -137,8 +181,11 @@ def data_splits(task: Task, config: BSNConfig) -> tuple[Split, Split | None]:
 
 
 def lr_at(config: BSNConfig, epoch: int) -> float:
-    """Step schedule: lr * gamma^(milestones passed), epochs counted from 0 (0.1 -> 0.01 @150 -> 0.001 @225)."""
-    return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.lr_milestones)
+    """Step schedule of the official code: lr * gamma^(milestones m with epoch > m), epochs counted from 0.
+
+    With the paper's (150, 225): 0.1 for epochs 0-150, 0.01 for 151-225, 0.001 from 226 on.
+    """
+    return config.lr * config.lr_gamma ** sum(epoch > m for m in config.lr_milestones)
 
 
 def reinforce_loss(logits: torch.Tensor, gates: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
@@ -159,11 +206,76 @@ def _distributed_overrides(value: str) -> dict[str, str]:
     return {"distributed_k": k.strip(), "budget_distributed": steps.strip()}
 
 
+@dataclass
+class SearchStep:
+    """One BSN training step on a batch: sample, cost, forward, REINFORCE + backprop, one SGD step each.
+
+    `step(x, y)` returns a (3 + costs,) float64 tensor on the device (summed CE, correct predictions,
+    penalty, then each penalised cost) for the epoch's accumulator. Gates are drawn on the device and
+    everything after stays there: `SuperGraph.active` and every `CostTable.cost` (the distributed
+    makespan included) are batched tensor code, so the step never waits for the device, except in the
+    host-driven execution modes chosen explicitly off the CPU (see `execution_mode`).
+    """
+
+    graph: SuperGraph
+    table: CostTable
+    model: BSNNetwork
+    logits: torch.nn.Parameter
+    opt_w: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer
+    budgets: dict[str, tuple[float, float]]
+    floors: dict[str, float]
+    k: int
+
+    @classmethod
+    def build(cls, task: Task, config: BSNConfig) -> SearchStep:
+        """The super network, gate logits and optimisers of a search (budgets checked first)."""
+        device = task.device
+        graph = supernet_graph(task, config)
+        budgets = budgets_of(task, config)
+        floors = check_budgets(graph, budgets, config.distributed_k)
+        model = BSNNetwork(graph, mode=execution_mode(config, device), gather_below=config.gather_below,
+                           bn_stats=config.bn_stats).to(device)
+        logits = torch.nn.Parameter(torch.full((graph.num_gates,), float(config.gate_init), device=device))
+        opt_w = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+        opt_g = torch.optim.SGD([logits], lr=config.gate_lr, momentum=config.gate_momentum)
+        table = cost_table(graph)
+        graph._plan(torch.device(device))  # the per-device copies of the graph's and tables' matrices, made
+        table._on(torch.device(device))   # now rather than in the first step
+        table.schedule.to(torch.device(device))
+        return cls(graph, table, model, logits, opt_w, opt_g, budgets, floors, config.distributed_k)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        gates = torch.bernoulli(torch.sigmoid(self.logits.detach()).expand(b, -1))
+        active = self.graph.active(gates)
+        penalty = torch.zeros(b, dtype=torch.float64, device=x.device)
+        cost_sums = []
+        for name, (budget, lam) in self.budgets.items():
+            cost = self.table.cost(name, active, self.k)
+            penalty = penalty + hinge_penalty(cost, budget, lam)
+            cost_sums.append(cost.sum())
+        penalty = penalty.to(torch.float32)
+        out = self.model(x, active=active)
+        ce = F.cross_entropy(out, y, reduction="none")
+        reward = -(ce.detach() + penalty)
+        loss = ce.mean() + reinforce_loss(self.logits, gates, reward)
+        self.opt_w.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_w.step()
+        self.opt_g.step()
+        with torch.no_grad():
+            return torch.stack([ce.sum().double(), (out.argmax(1) == y).sum().double(), penalty.sum().double(),
+                                *[c.double() for c in cost_sums]])
+
+
 class BSNSearch(SearchMethod):
     """Budgeted Super Networks (Veniat & Denoyer, CVPR 2018) as a nas_common search method."""
 
     name: ClassVar[str] = "bsn"
-    spaces = ("bsn-resnet", "bsn-cnf")
+    spaces = ("bsn-resnet", "bsn-cnf", "bsn-rescnf")
     cli_options = (CliOption("--budget-distributed", to_overrides=_distributed_overrides,
                              metavar="K:VALUE",
                              help="distributed-cost budget: at most VALUE steps on K workers "
@@ -174,21 +286,14 @@ class BSNSearch(SearchMethod):
     # ---- search --------------------------------------------------------------------------------
     def search(self, task: Task, config: BSNConfig, run: Run) -> SearchResult:
         device = task.device
-        graph = supernet_graph(task, config)
-        table = cost_table(graph)
-        budgets = budgets_of(task, config)
-        floors = check_budgets(graph, budgets, config.distributed_k)
         train_split, val_split = data_splits(task, config)
         if len(train_split) < config.batch_size:
             raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_split)} training images")
+        step = SearchStep.build(task, config)
+        graph, model, logits, opt_w, opt_g = step.graph, step.model, step.logits, step.opt_w, step.opt_g
+        budgets, floors = step.budgets, step.floors
         loader = make_loader(train_split, config.batch_size, train=True, device=device, augment=config.augment,
                              seed=task.seed)
-
-        model = BSNNetwork(graph, mode=config.execution, gather_below=config.gather_below).to(device)
-        logits = torch.nn.Parameter(torch.full((graph.num_gates,), float(config.gate_init), device=device))
-        opt_w = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-        opt_g = torch.optim.SGD([logits], lr=config.gate_lr, momentum=config.gate_momentum)
         history: list[dict[str, Any]] = []
         start = 0
         state = run.restore(map_location=device)
@@ -207,38 +312,15 @@ class BSNSearch(SearchMethod):
                 group["lr"] = lr_at(config, epoch)
             loader.set_epoch(epoch)
             model.train()
-            sums = torch.zeros(4 + len(names), dtype=torch.float64, device=device)  # ce, acc, pen, n, costs
+            sums = torch.zeros(3 + len(names), dtype=torch.float64, device=device)  # ce, acc, pen, costs
+            seen = 0
             for x, y in run.progress(loader, desc=f"bsn epoch {epoch + 1}/{config.epochs}", total=len(loader)):
-                b = x.shape[0]
-                p = torch.sigmoid(logits.detach())
-                gates = torch.bernoulli(p.expand(b, -1))
-                active = graph.active(gates.bool().cpu())
-                penalty = torch.zeros(b, dtype=torch.float64)
-                costs = {}
-                for name in names:
-                    budget, lam = budgets[name]
-                    costs[name] = table.cost(name, active, config.distributed_k)
-                    penalty = penalty + hinge_penalty(costs[name], budget, lam)
-                penalty = penalty.to(device=device, dtype=torch.float32, non_blocking=True)
-                out = model(x, active=active)
-                ce = F.cross_entropy(out, y, reduction="none")
-                reward = -(ce.detach() + penalty)
-                loss = ce.mean() + reinforce_loss(logits, gates, reward)
-                opt_w.zero_grad(set_to_none=True)
-                opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_w.step()
-                opt_g.step()
-                with torch.no_grad():
-                    cost_sums = [costs[nm].sum().to(device) for nm in names]
-                    sums += torch.stack([ce.sum().double(), (out.argmax(1) == y).sum().double(),
-                                         penalty.sum().double(), torch.tensor(float(b), device=device,
-                                                                               dtype=torch.float64),
-                                         *[c.double() for c in cost_sums]])
-            s = sums.tolist()
-            rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, epoch), "train_loss": s[0] / s[3],
-                                   "train_acc": s[1] / s[3], "penalty": s[2] / s[3]}
-            rec.update({f"sampled_{nm}": s[4 + j] / s[3] for j, nm in enumerate(names)})
+                sums += step(x, y)
+                seen += x.shape[0]
+            s = [v / max(1, seen) for v in sums.tolist()]  # the one host sync of the epoch
+            rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_at(config, epoch), "train_loss": s[0],
+                                   "train_acc": s[1], "penalty": s[2]}
+            rec.update({f"sampled_{nm}": s[3 + j] for j, nm in enumerate(names)})
             probs = torch.sigmoid(logits.detach()).cpu()
             keep = self._keep(graph, probs, config.threshold)
             rec.update({f"derived_{k}": v for k, v in pattern_costs(graph, keep, config.distributed_k).items()})
@@ -366,7 +448,8 @@ class BSNSearch(SearchMethod):
         """The arch.json of the connected kept modules `keep` (what `derive` writes; the hook's archs too)."""
         costs = pattern_costs(graph, keep, k)
         return Arch(space=graph.space, spec={"keep": list(keep)}, net=dict(graph.net),
-                    costs={"macs": costs["macs"], "params": costs["params"]}, method=self.name,
+                    costs={"macs": costs["macs"], "paper": costs["paper"], "params": costs["params"]},
+                    method=self.name,
                     provenance={"distributed_k": k, "distributed": costs["distributed"]})
 
 
@@ -464,5 +547,6 @@ def most_probable_path(graph: SuperGraph, probs: torch.Tensor) -> list[str]:
     return graph.prune(path)
 
 
-__all__ = ["BSNConfig", "BSNSearch", "COST_NAMES", "budgets_of", "check_budgets", "data_splits", "load_final_state",
-           "lr_at", "most_probable_path", "reinforce_loss", "sample_distinct", "score_patterns", "supernet_graph"]
+__all__ = ["BSNConfig", "BSNSearch", "COST_NAMES", "SearchStep", "budgets_of", "check_budgets", "data_splits",
+           "execution_mode", "load_final_state", "lr_at", "most_probable_path", "reinforce_loss", "sample_distinct",
+           "score_patterns", "supernet_graph"]

@@ -1,14 +1,17 @@
-"""The spaces of BSN's derived networks: "bsn-resnet" and "bsn-cnf" (registered on import).
+"""The spaces of BSN's derived networks: "bsn-resnet", "bsn-rescnf" and "bsn-cnf" (registered on import).
 
 An arch.json of these spaces names the super network's shape in `net` and the kept modules in `spec`::
 
     {"space": "bsn-resnet", "net": {"depth": 20, "widths": [16, 32, 64], "num_classes": 10, "input": [3, 32, 32]},
      "spec": {"keep": ["s0b0_block", "s0b0_skip", "s0b1_skip", ...]}}
-    {"space": "bsn-cnf", "net": {"layers": 8, "channels": 128, ...}, "spec": {"keep": ["l0_s0to1z", ...]}}
+    {"space": "bsn-rescnf", "net": {"blocks": 3, "widths": [16, 32, 64], "shift": "slr", ...}, "spec": {...}}
+    {"space": "bsn-cnf", "net": {"layers": 8, "channels": 45, ...}, "spec": {"keep": ["l0_s0to1z", ...]}}
 
 Module names: B-ResNet `s{stage}b{block}_block` (conv branch) and `s{stage}b{block}_skip` (identity or
-projection); B-CNF `l{layer}_s{from}to{to}` (3x3 conv edges; a trailing `z` marks the zip chains
-inside layer 0 and the last layer). The spec is normalised to the modules on an input->output path,
+projection); ResCNF the same plus `s{stage}b{block}_sc{i}_block` / `_sc{i}_skip` (the shortcut block
+and the shortcut projection from the i-th source node in the stage before); B-CNF
+`l{layer}_s{from}to{to}` (3x3 conv edges; a trailing `z` marks the zip chains inside layer 0 and the
+last layer). The spec is normalised to the modules on an input->output path,
 in topological order, so equal networks have equal specs. nas_common loads this module through the
 entry-point group `nas_common.spaces`.
 """
@@ -23,9 +26,9 @@ from nas_common.errors import ArchFileError
 from nas_common.registry import SPACES
 from nas_common.spaces.base import Space
 
-from .graph import BSNNetwork, SuperGraph, make_graph, resnet_depth_ok
+from .graph import SHIFT_LETTERS, BSNNetwork, SuperGraph, make_graph, resnet_depth_ok
 
-__all__ = ["BSNSpace", "BSNResNetSpace", "BSNCNFSpace", "graph_of"]
+__all__ = ["BSNSpace", "BSNResNetSpace", "BSNResCNFSpace", "BSNCNFSpace", "graph_of"]
 
 
 def graph_of(space: str, net: dict[str, Any]) -> SuperGraph:
@@ -42,6 +45,12 @@ _GRAPHS: dict[tuple[str, str], SuperGraph] = {}
 
 def _posint(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_widths(w: Any) -> list[int]:
+    if not isinstance(w, (list, tuple)) or len(w) < 1 or not all(_posint(x) for x in w):
+        raise ArchFileError(f"net.widths must be a list of positive stage widths like [16, 32, 64], got {w!r}")
+    return list(w)
 
 
 class BSNSpace(Space):
@@ -93,10 +102,7 @@ class BSNResNetSpace(BSNSpace):
         d = out.get("depth")
         if not _posint(d) or not resnet_depth_ok(d):
             raise ArchFileError(f"net.depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110), got {d!r}")
-        w = out.get("widths")
-        if not isinstance(w, (list, tuple)) or len(w) < 1 or not all(_posint(x) for x in w):
-            raise ArchFileError(f"net.widths must be a list of positive stage widths like [16, 32, 64], got {w!r}")
-        out["widths"] = list(w)
+        out["widths"] = _check_widths(out.get("widths"))
         return out
 
     def describe(self, spec: dict[str, Any]) -> str:
@@ -105,9 +111,36 @@ class BSNResNetSpace(BSNSpace):
         return f"B-ResNet: {blocks} conv blocks and {skips} skips kept"
 
 
+class BSNResCNFSpace(BSNSpace):
+    """The official code's residual fabric: B-ResNet plus cross-stage shortcut blocks and skips."""
+
+    name = "bsn-rescnf"
+    default_net = {"blocks": 3, "widths": [16, 32, 64], "shift": "slr", "num_classes": 10, "input": [3, 32, 32]}
+
+    def validate_net(self, net: Any) -> dict[str, Any]:
+        out = super().validate_net(net)
+        if not _posint(out.get("blocks")):
+            raise ArchFileError(f"net.blocks must be a positive number of blocks per stage (3 for ResNet-20's "
+                                f"layout), got {out.get('blocks')!r}")
+        out["widths"] = _check_widths(out.get("widths"))
+        shift = out.get("shift")
+        if not isinstance(shift, str) or set(shift) - set(SHIFT_LETTERS) or len(set(shift)) != len(shift):
+            raise ArchFileError(f"net.shift must be made of the letters s, l, r (each at most once; the official "
+                                f"default is 'slr', '' means no shortcuts), got {shift!r}")
+        out["shift"] = "".join(c for c in SHIFT_LETTERS if c in shift)
+        return out
+
+    def describe(self, spec: dict[str, Any]) -> str:
+        keep = spec["keep"]
+        blocks = sum(k.endswith("_block") and "_sc" not in k for k in keep)
+        sc = sum(k.endswith("_block") and "_sc" in k for k in keep)
+        skips = sum(k.endswith("_skip") for k in keep)
+        return f"ResCNF: {blocks} conv blocks, {sc} shortcut blocks and {skips} skips kept"
+
+
 class BSNCNFSpace(BSNSpace):
     name = "bsn-cnf"
-    default_net = {"layers": 8, "channels": 128, "num_classes": 10, "input": [3, 32, 32]}
+    default_net = {"layers": 8, "channels": 45, "num_classes": 10, "input": [3, 32, 32]}
 
     def validate_net(self, net: Any) -> dict[str, Any]:
         out = super().validate_net(net)
@@ -121,6 +154,6 @@ class BSNCNFSpace(BSNSpace):
         return f"B-CNF: {len(spec['keep'])} conv edges kept"
 
 
-for _space in (BSNResNetSpace(), BSNCNFSpace()):
+for _space in (BSNResNetSpace(), BSNResCNFSpace(), BSNCNFSpace()):
     if _space.name not in SPACES:
         SPACES.register(_space.name, _space)

@@ -98,7 +98,7 @@ OPS: Registry[Any] = Registry("op")
 SPACE_GROUP = "nas_common.spaces"
 SPACES: Registry[Any] = Registry("space", entry_point_group=SPACE_GROUP)
 DATASETS: Registry[Any] = Registry("dataset")
-COSTS: Registry[Any] = Registry("cost")
+COSTS: Registry[Any] = Registry("cost", entry_point_group=SPACE_GROUP)  # packages register their counting conventions
 ARCHS: Registry[Any] = Registry("architecture", entry_point_group=SPACE_GROUP)
 
 

@@ -256,8 +256,9 @@ class Run:
                                   f"{task.seed}: its held-out data depends on the seed, so pass a Task with "
                                   f"seed={record['seed']}")
             if record.get("dataset", task.dataset.name) != task.dataset.name:
-                raise ConfigError(f"{str(p)!r} was made on {record['dataset']!r}, the task's data is "
-                                  f"{task.dataset.name!r}: pass a Task on the run's dataset")
+                made, whose = ("searched", "search's") if record.get("kind") == "search" else ("trained", "run's")
+                raise ConfigError(f"{str(p)!r} was {made} on {record['dataset']!r}, the task's data is "
+                                  f"{task.dataset.name!r}: pass a Task on the {whose} dataset")
         return cls(p, record=record, progress=False)
 
     # -- what the run is ----------------------------------------------------------------------------
