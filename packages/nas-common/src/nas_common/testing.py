@@ -137,6 +137,9 @@ class SearchMethodTests:
     budget_slack: ClassVar[float] = 0.0  # allowed relative excess over the budget (e.g. TAS's tolerance)
     resume_after: ClassVar[int] = 1  # epochs before the interruption in the resume test
     rank_samples: ClassVar[int] = 3  # architectures the ranking test asks the hook for
+    # overrides for the no-host-sync test only: the configuration the method runs on an accelerator,
+    # where it differs from its CPU one (e.g. an execution mode that reads on the host only on the CPU)
+    accelerator_micro: ClassVar[dict[str, Any]] = {}
 
     # ---- helpers ----------------------------------------------------------------------------------
     def task(self, seed: int = 0, budget: Budget | None = None) -> Task:
@@ -262,7 +265,8 @@ class SearchMethodTests:
         cls = get_method(self.method)
         allow = frozenset(cls.host_sync_allowlist)
         with detect_host_syncs(allow) as report:
-            self.search(tmp_path / "syncs")
+            run_search(self.method, self.task(), out=tmp_path / "syncs", preset=self.preset,
+                       overrides={**self.micro, **self.accelerator_micro}, progress=False)
         assert report["steps"] >= 2, (
             f"{self.method} marked {report['steps']} search step(s): wrap each step in `with ctx.step():`")
         assert not report["found"], (f"host-device syncs inside {self.method}'s search steps: {report['found']} "
