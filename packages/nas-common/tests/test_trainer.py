@@ -266,3 +266,21 @@ def test_cuda_amp_and_channels_last(mini, amp) -> None:
     m = tr.fit(mini.train, mini.test)
     assert math.isfinite(m["train_loss"]) and 0 <= m["test_top1"] <= 100
     assert next(model.parameters()).device.type == "cuda"
+
+
+def test_packages_register_training_presets() -> None:
+    from nas_common.config import list_presets, resolve_config
+    from nas_common.train import list_train_presets, register_train_preset
+    from nas_common.train.config import TRAIN_PRESETS
+
+    register_train_preset("test-recipe", {"epochs": 7, "cutout": 8})
+    try:
+        assert "test-recipe" in list_train_presets() and "test-recipe" in list_presets(TrainConfig)
+        cfg = resolve_config(TrainConfig, preset="test-recipe")
+        assert cfg.epochs == 7 and cfg.cutout == 8 and cfg.lr == TrainConfig().lr
+        with pytest.raises(Exception, match="registered twice"):
+            register_train_preset("test-recipe", {})
+    finally:
+        TRAIN_PRESETS.unregister("test-recipe")
+    with pytest.raises(ConfigError, match="unknown preset 'test-recipe'"):
+        resolve_config(TrainConfig, preset="test-recipe")

@@ -7,15 +7,51 @@
                 cosine to 0, cutout 16, drop path 0.2 (ramped linearly), auxiliary weight 0.4, grad clip 5
     tiny        a few CPU minutes: 2 epochs, batch 64
 
-Small configs are configs, not different code paths: every preset runs the same `Trainer`.
+Small configs are configs, not different code paths: every preset runs the same `Trainer`. Method
+packages add the recipes of their papers with `register_train_preset` (in the module their
+`nas_common.spaces` entry point names, so `nas train --preset NAME` finds them without importing every
+package); `list_train_presets()` lists them all.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from ..config import Config
 from ..errors import ConfigError
+from ..registry import SPACE_GROUP, Registry
+
+TRAIN_PRESETS: Registry[dict[str, Any]] = Registry("training preset", entry_point_group=SPACE_GROUP)
+
+
+def register_train_preset(name: str, values: Mapping[str, Any]) -> None:
+    """Add a named training recipe (TrainConfig values over the defaults); a duplicate name raises."""
+    TRAIN_PRESETS.register(name, dict(values))
+
+
+def list_train_presets() -> list[str]:
+    return sorted(set(_BUILTIN) | set(TRAIN_PRESETS.names()))
+
+
+class _Presets(Mapping[str, dict[str, Any]]):
+    """TrainConfig.PRESETS: the built-in recipes and those packages register."""
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if name in _BUILTIN:
+            return _BUILTIN[name]
+        if name in TRAIN_PRESETS:
+            return TRAIN_PRESETS.get(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list_train_presets())
+
+    def __len__(self) -> int:
+        return len(list_train_presets())
+
+    def __contains__(self, name: object) -> bool:
+        return name in _BUILTIN or name in TRAIN_PRESETS
 
 
 @dataclass(frozen=True)
@@ -48,16 +84,7 @@ class TrainConfig(Config):
     eval_batch_size: int = 256
     nan_check_every: int = 50  # steps between (cheap, batched) checks that the loss is still finite
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {},
-        "tas": {"epochs": 300, "batch_size": 256, "warmup_epochs": 5},
-        "darts-eval": {
-            "epochs": 600, "batch_size": 96, "lr": 0.025, "momentum": 0.9, "nesterov": False,
-            "weight_decay": 3e-4, "schedule": "cosine", "lr_min": 0.0, "cutout": 16, "drop_path": 0.2,
-            "auxiliary_weight": 0.4, "grad_clip": 5.0,
-        },
-        "tiny": {"epochs": 2, "batch_size": 64, "lr": 0.05, "eval_batch_size": 256},
-    }
+    PRESETS: ClassVar[Mapping[str, dict[str, Any]]] = _Presets()
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
@@ -84,3 +111,15 @@ class TrainConfig(Config):
             raise ConfigError(f"milestones={list(self.milestones)} must be increasing positive epochs")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ConfigError("nesterov=true needs momentum > 0: set -o momentum=0.9 or -o nesterov=false")
+
+
+_BUILTIN: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tas": {"epochs": 300, "batch_size": 256, "warmup_epochs": 5},
+    "darts-eval": {
+        "epochs": 600, "batch_size": 96, "lr": 0.025, "momentum": 0.9, "nesterov": False,
+        "weight_decay": 3e-4, "schedule": "cosine", "lr_min": 0.0, "cutout": 16, "drop_path": 0.2,
+        "auxiliary_weight": 0.4, "grad_clip": 5.0,
+    },
+    "tiny": {"epochs": 2, "batch_size": 64, "lr": 0.05, "eval_batch_size": 256},
+}
