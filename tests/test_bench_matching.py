@@ -65,6 +65,8 @@ def test_a_target_the_sampler_never_reaches_is_matched_by_rescaling_the_closest_
     target = counted("darts", cell, net)
     arch, info = random_arch_like(target, seed=0, tries=5)
     assert info["matched_by"] == "closest draw rescaled" and info["draws"] == 5
+    _, quick = random_arch_like(target, seed=0, tries=100, hopeless_after=8)  # no draw came close: stop early
+    assert quick["draws"] == 8
     assert arch.net["C"] < net["C"] or arch.net["layers"] != net["layers"]
     assert abs(arch.costs["macs"] / target.costs["macs"] - 1) <= MAC_TOLERANCE
 

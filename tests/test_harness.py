@@ -173,6 +173,7 @@ def test_random_search_spends_the_budget_keeps_the_best_and_resumes() -> None:
 
     def sample(i: int) -> dict:
         drawn.append(i)
+        now[0] += 100.0  # matching the MACs is the harness's work: it does not count against the budget
         return {"i": i}
 
     def score(i: int, cand: dict) -> float:
@@ -182,6 +183,7 @@ def test_random_search_spends_the_budget_keeps_the_best_and_resumes() -> None:
     cands = random_search(sample, score, budget_s=42.0, clock=lambda: now[0])
     # 4 candidates (40 s) and not a fifth: 40 + 10/2 > 42 would be further from the budget
     assert [c["index"] for c in cands] == [0, 1, 2, 3] and sum(c["seconds"] for c in cands) == 40.0
+    assert all(c["sample_seconds"] == 100.0 for c in cands)
     assert max(cands, key=lambda c: c["val_acc"])["index"] == 1
     drawn.clear()
     more = random_search(sample, score, budget_s=62.0, done=cands[:3], clock=lambda: now[0])

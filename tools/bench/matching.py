@@ -253,11 +253,12 @@ def _fit_scaled(sc: Scaling, space: str, spec: dict[str, Any], net: dict[str, An
 
 
 def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries: int = 100,
-                     max_seconds: float = 30.0) -> tuple[Arch, dict[str, Any]] | None:
+                     max_seconds: float = 30.0, hopeless_after: int = 30) -> tuple[Arch, dict[str, Any]] | None:
     """A random arch of `target`'s space (same net) within `tol` of its MACs, and how it was matched.
 
-    Draws up to `tries` times (and `max_seconds`), then rescales the closest draw. None when the space
-    has no sampler. `target` must carry its costs (`Arch.with_costs()`).
+    Draws up to `tries` times (and `max_seconds`; after `hopeless_after` draws none of which came
+    within 4 x `tol`, the target is out of the sampler's reach), then rescales the closest draw. None
+    when the space has no sampler. `target` must carry its costs (`Arch.with_costs()`).
     """
     space = _space_of(target.space)
     rng = random.Random(seed)
@@ -278,6 +279,9 @@ def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries:
             return cand, {"matched_by": "rejection", "draws": t, "mac_gap": g}
         if abs(g) < abs(best_gap) and cand != target:
             best, best_gap = cand, g
+        if t >= hopeless_after and abs(best_gap) > 4 * tol:
+            tries = t
+            break
     info: dict[str, Any] = {"matched_by": "closest draw", "draws": tries}
     sc = _scaling(target.space)
     if best is not None and sc is not None:
