@@ -239,8 +239,12 @@ class Harness:
             return retrain
         if kind in ("random", "reference"):
             return MATCH_S + retrain
-        if kind == "rs":
-            return found["search_s"] + retrain
+        if kind == "rs":  # the search's time on candidates, plus matching each one's MACs, plus the retrain
+            rs_epochs = int({**_preset_epochs(p.rs_recipe_preset), **p.rs_overrides}.get("epochs", 1))
+            n_val = int(n * p.val_fraction)
+            n_fit = min(p.rs_n_train or n, n - n_val)
+            one = model.train_s(space, mmacs, n_fit, rs_epochs, _evals(p.rs_overrides, rs_epochs) * n_val)
+            return found["search_s"] * (1.0 + MATCH_S / one) + retrain
         if kind == "rank":
             from nas_common.registry import get_method
 

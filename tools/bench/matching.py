@@ -252,8 +252,8 @@ def _fit_scaled(sc: Scaling, space: str, spec: dict[str, Any], net: dict[str, An
     return best, {"width_multiplier": k, **({"net_changed": used} if used else {})}
 
 
-def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries: int = 100,
-                     max_seconds: float = 30.0, hopeless_after: int = 30) -> tuple[Arch, dict[str, Any]] | None:
+def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries: int = 40,
+                     max_seconds: float = 30.0, hopeless_after: int = 15) -> tuple[Arch, dict[str, Any]] | None:
     """A random arch of `target`'s space (same net) within `tol` of its MACs, and how it was matched.
 
     Draws up to `tries` times (and `max_seconds`; after `hopeless_after` draws none of which came
