@@ -3,7 +3,7 @@ file, so any launcher (local processes, Ray, SLURM through submitit) only has to
 
     {"kind": "search",    "key": ..., "method": "tas", "dataset": "cifar10-mini", "n_train": 512, ...}
     {"kind": "train",     "key": ..., "arch": {...arch.json...}, "recipe_preset": ..., ...}
-    {"kind": "random",    "key": ..., "target": {...the found arch...}, "index": 0, "tolerance": 0.05, ...}
+    {"kind": "random",    "key": ..., "target": {...the found arch...}, "match_seed": 0, "tolerance": 0.05, ...}
     {"kind": "reference", "key": ..., "target": {...}, "reference": None, ...}
     {"kind": "rs",        "key": ..., "target": {...}, "time_budget_s": 120.0, ...}
     {"kind": "rank",      "key": ..., "method": "nat", "search_dir": ..., "samples": 8, ...}
