@@ -1,4 +1,5 @@
-"""The harness on fake fast methods (registered for subprocesses through NAS_EXTRA_METHODS)."""
+"""The harness on fake fast methods (registered for subprocesses through NAS_EXTRA_METHODS): the evidence
+protocol's jobs, resuming, its data records, the estimate, and the dependency check."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,8 @@ FAKES = "fake=tools.bench.fake:FakeSearch,broken=tools.bench.fake:BrokenSearch"
 
 
 def bench(out: Path, *args: str, **kw: object) -> subprocess.Popen:
-    env = {**os.environ, "NAS_EXTRA_METHODS": FAKES, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NAS_EXTRA_METHODS": FAKES, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "tools.bench", "--preset", "micro", "--out", str(out), *args],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **kw)
@@ -36,15 +38,27 @@ def test_harness_writes_table_plot_and_records_failures(tmp_path: Path) -> None:
     assert p.returncode == 0, log
     got = {r["key"]: r for r in rows(out)}
     assert set(got) == {"search/fake/s0", "search/broken/s0", "baseline/resnet20/s0", "retrain/fake/s0",
-                        "random/fake-0/s0", "rank/fake/s0"}, log
+                        "random/fake-0/s0", "reference/fake/s0", "rs/fake/s0", "rank/fake/s0"}, log
     assert got["search/broken/s0"]["ok"] is False
     assert "this method always fails" in got["search/broken/s0"]["error"]
     assert got["retrain/fake/s0"]["ok"] and 0.0 <= got["retrain/fake/s0"]["test_acc"] <= 1.0
     assert got["retrain/fake/s0"]["macs"] == pytest.approx(got["search/fake/s0"]["macs"])
     for r in got.values():  # provenance on every row
         assert r["provenance"]["versions"]["torch"] and "config" in r
+    for key in ("random/fake-0/s0", "reference/fake/s0", "rs/fake/s0"):  # baselines at the found MACs
+        assert got[key]["ok"] and got[key]["within_tolerance"], got[key].get("error")
+        assert abs(got[key]["macs"] / got["retrain/fake/s0"]["macs"] - 1) <= 0.05
+    assert got["reference/fake/s0"]["reference"] == "resnet56"
+    rs = got["rs/fake/s0"]  # random search spent the fake's search time (1 s) on at least one candidate
+    assert rs["time_budget_s"] == pytest.approx(got["search/fake/s0"]["search_time_s"])
+    assert rs["rs_candidates"] == len(rs["rs_val_accs"]) >= 1 and rs["selected_on"]["split"] == "val"
+    # an estimate before the first job, a progress line per job
+    lines = log.splitlines()
+    first_job = next(i for i, ln in enumerate(lines) if ln.strip().startswith("[1/"))
+    assert any(ln.startswith("estimate: ~") for ln in lines[:first_job]), log
+    assert sum(ln.strip().startswith("[") and "elapsed" in ln for ln in lines) == len(got)
     md = (out / "results.md").read_text()
-    assert "| fake " in md and "resnet20 (reference)" in md and "always fails" in md
+    assert "| fake " in md and "resnet20 (unscaled)" in md and "always fails" in md and "resnet56 scaled" in md
     assert (out / "pareto.png").stat().st_size > 1000
     assert list((out / "jobs" / "retrain_fake_s0" / "tb").iterdir())  # TensorBoard logs per run
     # --report rebuilds table and plot from the jsonl alone
@@ -56,25 +70,52 @@ def test_harness_writes_table_plot_and_records_failures(tmp_path: Path) -> None:
     assert (out / "results.md").read_text() == md and (out / "pareto.png").exists()
 
 
+def write_npz(path: Path, n_train: int = 96, n_test: int = 40) -> Path:
+    """Arrays of another shape and class count than CIFAR-10 (16x16 pixels, 4 classes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 255, (n_train, 16, 16, 3), dtype=np.uint8),
+             y_train=rng.integers(0, 4, n_train), x_test=rng.integers(0, 255, (n_test, 16, 16, 3), dtype=np.uint8),
+             y_test=rng.integers(0, 4, n_test))
+    return path
+
+
 @pytest.mark.slow
-def test_killed_harness_resumes_without_redoing_rows(tmp_path: Path) -> None:
+def test_killed_evidence_run_on_npz_data_resumes_without_redoing_rows(tmp_path: Path) -> None:
+    """The evidence protocol on the user's own arrays: killed mid-way, resumed, every job once; every row
+    says which data and which split judged it."""
+    npz = write_npz(tmp_path / "mine.npz")
     out = tmp_path / "bench"
-    p = bench(out, "--methods", "fake")
+    args = ("--methods", "fake", "--dataset", f"npz:{npz}")
+    p = bench(out, *args)
     deadline = time.time() + 600
-    while len(rows(out)) < 2 and time.time() < deadline and p.poll() is None:
+    while len(rows(out)) < 4 and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     before = {r["key"]: r["time"] for r in rows(out)}
-    assert before, "nothing finished before the kill"
-    p = bench(out, "--methods", "fake")
+    assert len(before) >= 4, "too little finished before the kill"
+    p = bench(out, *args)
     log, _ = p.communicate(timeout=900)
     assert p.returncode == 0, log
+    assert f"({len(before)} rows already done)" in log
     after = rows(out)
     counts = Counter(r["key"] for r in after)
     assert all(c == 1 for c in counts.values()), counts
     assert {r["key"]: r["time"] for r in after if r["key"] in before} == before
-    assert "retrain/fake/s0" in counts and "rank/fake/s0" in counts
+    assert {"retrain/fake/s0", "random/fake-0/s0", "reference/fake/s0", "rs/fake/s0", "rank/fake/s0"} <= set(counts)
+    judged = [r for r in after if r["phase"] in ("retrain", "random", "reference", "rs", "baseline")]
+    assert judged and all(r["ok"] for r in judged), [r.get("error") for r in judged]
+    from tools.bench.presets import PRESETS
+
+    n_test = min(40, PRESETS["micro"].n_test)  # the preset takes the first n_test test images
+    assert {json.dumps(r["judged_on"], sort_keys=True) for r in judged} == {json.dumps(
+        {"dataset": f"npz:{npz}", "split": "test", "n": n_test, "fingerprint": judged[0]["judged_on"]["fingerprint"]},
+        sort_keys=True)}
+    search = next(r for r in after if r["key"] == "search/fake/s0")
+    assert search["held_out_for_method"]["split"] == "val" and search["arch"]["net"]["input"] == [3, 16, 16]
+    assert f"`npz:{npz}` split `test`, {n_test} images" in (out / "results.md").read_text()
 
 
 def test_unknown_method_is_one_line_error(tmp_path: Path) -> None:
@@ -109,3 +150,95 @@ def test_summary_says_why_tau_is_missing() -> None:
     assert s["tied"]["notes"] == ["τ undefined: tied accuracies"] and s["tied"]["tau"] is None
     assert s["nohook"]["notes"] == ["τ undefined: no sample_and_score hook"]
     assert s["ranked"]["tau"] == pytest.approx(0.5) and s["ranked"]["notes"] == []
+
+
+def test_missing_dependency_is_a_one_line_error_before_any_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from tools.bench.__main__ import main
+
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy now raises ImportError
+    out = tmp_path / "bench"
+    assert main(["--preset", "micro", "--methods", "all", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scipy" in err and 'pip install "nas-common[bench]"' in err
+    assert not out.exists()  # nothing ran, nothing was written
+
+
+def test_random_search_spends_the_budget_keeps_the_best_and_resumes() -> None:
+    from tools.bench.jobs import random_search
+
+    now = [0.0]
+    accs = [0.3, 0.7, 0.5, 0.6, 0.1, 0.9, 0.2]
+    drawn: list[int] = []
+
+    def sample(i: int) -> dict:
+        drawn.append(i)
+        now[0] += 100.0  # matching the MACs is the harness's work: it does not count against the budget
+        return {"i": i}
+
+    def score(i: int, cand: dict) -> float:
+        now[0] += 10.0  # every candidate takes 10 s
+        return accs[i]
+
+    cands = random_search(sample, score, budget_s=42.0, clock=lambda: now[0])
+    # 4 candidates (40 s) and not a fifth: 40 + 10/2 > 42 would be further from the budget
+    assert [c["index"] for c in cands] == [0, 1, 2, 3] and sum(c["seconds"] for c in cands) == 40.0
+    assert all(c["sample_seconds"] == 100.0 for c in cands)
+    assert max(cands, key=lambda c: c["val_acc"])["index"] == 1
+    drawn.clear()
+    more = random_search(sample, score, budget_s=62.0, done=cands[:3], clock=lambda: now[0])
+    assert drawn == [3, 4, 5] and len(more) == 6  # the finished candidates are not redone
+    assert random_search(sample, score, budget_s=0.0, clock=lambda: now[0])  # at least one candidate
+
+
+def test_estimate_schedules_longest_first_and_sizes_the_evidence_preset() -> None:
+    from tools.bench.estimate import CostModel, makespan
+    from tools.bench.harness import Harness
+
+    # longest first, each on the first free worker: 5 | 4, then 3 on the 4, 3 on the 5, 3 on the 7
+    assert makespan([3, 5, 3, 4, 3], 2) == 10.0 and makespan([], 2) == 0.0 and makespan([7, 1], 1) == 8.0
+    model = CostModel.fit()
+    assert model.train_s("darts", 10, 1000, 2) > model.train_s("darts", 5, 1000, 2) > model.train_s("darts", 5, 500, 2)
+    assert model.search_s("nat", 4660) > model.search_s("nat", 1000)
+    h = Harness("evidence", "/nonexistent/out", methods="all", jobs=2, quiet=True)
+    assert h.preset.random_per_space >= 5 and h.preset.rank_samples >= 8 and h.preset.reference
+    est = h.estimate()
+    kinds = est["by_kind"]
+    n_pairs = len(h.methods) * len(h.seeds)
+    assert len(h.seeds) >= 3 and kinds["random"][0] == 5 * n_pairs and kinds["rs"][0] == n_pairs
+    assert kinds["reference"][0] == n_pairs and kinds["rank"][0] == len(h.methods)
+    assert est["seconds"] < 2 * 3600, est  # the preset fits its 2-hour budget on this CPU with --jobs 2
+    assert Harness("evidence", "/nonexistent/out", methods="all", jobs=1, quiet=True).estimate()["seconds"] > \
+        1.6 * est["seconds"]
+
+
+def test_data_views_and_records_of_an_image_folder(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from nas_common.data.datasets import imagefolder
+    from tools.bench.jobs import data_views, search_dataset, split_record
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 5), ("val", 2)):
+        for c in ("cat", "dog"):
+            (tmp_path / part / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / part / c / f"{i}.png")
+    ds = imagefolder(tmp_path, image_size=16)
+    v = data_views(ds, val_fraction=0.2, split_seed=0)
+    assert (len(v["train"]), len(v["fit"]), len(v["val"]), len(v["test"])) == (10, 8, 2, 4)
+    assert search_dataset(ds, v).test is v["val"]  # a search never sees the test images
+    rec = {k: split_record(ds, v[k], k) for k in ("fit", "val", "test")}
+    assert rec["test"] == {"dataset": "imagefolder", "split": "test", "n": 4, "fingerprint": rec["test"]["fingerprint"]}
+    assert len({r["fingerprint"] for r in rec.values()}) == 3
+    assert data_views(ds, 0.2, 0)["val"].indices.tolist() == v["val"].indices.tolist()  # the same part every time
+
+
+def test_a_line_cut_by_a_kill_does_not_swallow_the_next_row(tmp_path: Path) -> None:
+    from tools.bench.harness import append_row, read_rows
+
+    (tmp_path / "results.jsonl").write_text('{"key": "a", "ok": true}\n{"key": "b", "o')  # killed mid-write
+    append_row(tmp_path, {"key": "c", "ok": True})
+    assert [r["key"] for r in read_rows(tmp_path)] == ["a", "c"]
