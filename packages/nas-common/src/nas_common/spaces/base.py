@@ -47,6 +47,26 @@ class Space:
         """A uniformly random valid spec (the harness's random baselines)."""
         raise NotImplementedError
 
+    # -- what a fair comparison needs (the harness's equal-cost baselines) -------------------------
+    def scaled(self, spec: dict[str, Any], net: dict[str, Any], k: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(spec, net) with every width multiplied by about `k` (rounded to the space's integers)."""
+        raise NotImplementedError(f"the {self.name} space does not say how to scale its networks")
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(name, spec, net) of the space's reference network at `net`'s size (ResNet-56, DARTS-V2, a
+        full supernet), which `scaled` then widens or narrows to a target cost."""
+        raise NotImplementedError(f"the {self.name} space names no reference network")
+
+    def size_variants(self, net: dict[str, Any]) -> list[dict[str, Any]]:
+        """Further net settings to try, in order, where integer widths step over a cost tolerance
+        (DARTS: other cell counts)."""
+        return []
+
+    def costs(self, spec: dict[str, Any], net: dict[str, Any]) -> dict[str, float] | None:
+        """Closed-form {"macs", "params"} of a spec, where the space has one (else None: count them on
+        the built network). `SpaceTests` checks it against the counted costs."""
+        return None
+
     def describe(self, spec: dict[str, Any]) -> str:
         """A short human-readable summary of a spec."""
         return str(spec)

@@ -360,6 +360,17 @@ class DartsSpace(Space):
         concat = list(range(2, steps + 2))
         return {"normal": normal, "normal_concat": concat, "reduce": reduce, "reduce_concat": list(concat)}
 
+    def scaled(self, spec: dict[str, Any], net: dict[str, Any], k: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        net = self.validate_net(net)
+        return spec, {**net, "C": max(1, round(net["C"] * k))}
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        return "darts-v2", genotype_to_spec(DARTS_V2), self.validate_net(net)
+
+    def size_variants(self, net: dict[str, Any]) -> list[dict[str, Any]]:
+        layers = self.validate_net(net)["layers"]
+        return [{"layers": layers + d} for d in (1, -1, 2, -2, 3, -3) if layers + d >= 3]
+
     def describe(self, spec: dict[str, Any]) -> str:
         def cell(ops: list, concat: list) -> str:
             nodes = [" + ".join(f"{op}({j})" for op, j in ops[2 * i: 2 * i + 2] if not is_null_op(op)) or "0"

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, register_arch
-from ..costs.tables import ConvShape
+from ..costs.tables import ConvShape, shapes_macs, shapes_params
 from ..errors import ArchFileError
 from ..ops import PointwiseConv2d
 from ..registry import SPACES
@@ -379,6 +379,22 @@ class ResNetSpace(Space):
             net = self.validate_net(net)
             base = resnet_spec(56) if max(net["input"][1:]) <= 64 else resnet_spec(18, "imagenet")
         return random_resnet_spec(rng, base)
+
+    def scaled(self, spec: dict[str, Any], net: dict[str, Any], k: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = _validate(spec)
+        out = {**spec, "stem": max(1, round(spec["stem"] * k)),
+               "widths": [[[max(1, round(c * k)) for c in blk] for blk in stage] for stage in spec["widths"]]}
+        return _validate(out), dict(net)
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        net = self.validate_net(net)
+        cifar = max(net["input"][1:]) <= 64
+        return ("resnet56", resnet_spec(56), net) if cifar else ("resnet18", resnet_spec(18, "imagenet"), net)
+
+    def costs(self, spec: dict[str, Any], net: dict[str, Any]) -> dict[str, float]:
+        net = self.validate_net(net)
+        shapes = resnet_conv_shapes(spec, net["input"], net["num_classes"])
+        return {"macs": float(shapes_macs(shapes)), "params": float(shapes_params(shapes))}
 
     def describe(self, spec: dict[str, Any]) -> str:
         spec = _validate(spec)
