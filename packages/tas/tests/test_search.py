@@ -112,11 +112,16 @@ def test_search_uses_only_cifar_sized_inputs_it_is_given(tmp_path: Path) -> None
 
 
 def test_retrain_with_kd_trains_the_teacher_first_and_reuses_it(tmp_path: Path) -> None:
+    import tomllib
+
     from nas_common import load_model
     from tas_nas import retrain_with_kd, teacher_arch
     from tas_nas.model import base_spec
     ds = get_dataset("cifar10-mini").subset(32, 16)
-    _, arch = run_search("tas", _task(), out=tmp_path / "s", preset="tiny", overrides=MICRO, progress=False)
+    # the search's KD settings travel with the arch and are what the retraining uses
+    _, arch = run_search("tas", _task(), out=tmp_path / "s", preset="tiny",
+                         overrides={**MICRO, "kd_alpha": 0.3, "kd_temperature": 2.0}, progress=False)
+    assert arch.provenance["retrain"] == {"kd_alpha": 0.3, "kd_temperature": 2.0}
     assert teacher_arch(arch).spec == base_spec("resnet20")
     over = {"epochs": 1, "batch_size": 16, "eval_every": 0}
     res = retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, progress=False)
@@ -124,9 +129,32 @@ def test_retrain_with_kd_trains_the_teacher_first_and_reuses_it(tmp_path: Path) 
     assert (teacher / "model.pt").is_file() and (tmp_path / "kd" / "model.pt").is_file()
     assert load_model(teacher).fc.in_features == 64  # the unpruned ResNet-20
     assert res.arch == arch
+
+    def kd_of(run: Path) -> tuple[float, float]:
+        cfg = tomllib.loads((run / "config.toml").read_text())["config"]
+        return cfg["kd_alpha"], cfg["kd_temperature"]
+
+    assert kd_of(tmp_path / "kd") == (0.3, 2.0)
     stamp = (teacher / "model.pt").stat().st_mtime_ns
-    retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, overwrite=True, progress=False)
+    retrain_with_kd(arch, ds, out=tmp_path / "kd", preset="tiny", overrides=over, overwrite=True, kd_alpha=0.7,
+                    progress=False)
     assert (teacher / "model.pt").stat().st_mtime_ns == stamp  # the trained teacher is reused
+    assert kd_of(tmp_path / "kd") == (0.7, 2.0)  # an explicit argument wins over the search's
+
+
+def test_retraining_recipes_follow_the_network_kind() -> None:
+    from nas_common import get_arch, resolve_config
+    from nas_common.train import TrainConfig
+    from tas_nas.retrain import kd_settings, recipe_for
+    preset, over = recipe_for(get_arch("tas-imagenet-resnet18"))
+    cfg = resolve_config(TrainConfig, preset=preset, overrides=over)
+    # configs/opts/ImageNet-E120-Cos-Soft.config: 120 epochs + 5 warm-up, lr 0.1 Nesterov, wd 1e-4, batch 256
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.lr, cfg.nesterov, cfg.batch_size) == (
+        125, 5, 1e-4, 0.1, True, 256)
+    preset, over = recipe_for(get_arch("tas-cifar10-resnet56"))
+    cfg = resolve_config(TrainConfig, preset=preset, overrides=over)
+    assert (cfg.epochs, cfg.warmup_epochs, cfg.weight_decay, cfg.batch_size) == (300, 5, 5e-4, 256)
+    assert kd_settings(get_arch("tas-cifar10-resnet56")) == {"kd_alpha": 0.9, "kd_temperature": 4.0}
 
 
 def _small_images(n: int = 128, side: int = 8) -> Task:
