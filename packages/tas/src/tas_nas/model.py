@@ -24,7 +24,7 @@ from torch import nn
 
 from nas_common.spaces.resnet import WIDTH_RATIOS, convs_per_block, resnet_spec, width_choices
 
-from .ops import DENSE_MAX_WIDTH, NEG, SearchConvBN, cwi_apply, gumbel_softmax, select_k
+from .ops import DENSE_MAX_WIDTH, NEG, SearchConvBN, cwi_apply, gumbel_softmax, mix_plan, select_k
 
 __all__ = ["SearchResNet", "tas_depth_choices", "base_spec", "spec_from_indices"]
 
@@ -129,6 +129,20 @@ class SearchResNet(nn.Module):
             self.var_of.append(vars_s)
         self.fc = nn.Linear(c, self.num_classes)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # width variables grouped by (full width, mix kind): their mix plans are computed together
+        convs_of: dict[int, SearchConvBN] = {0: self.stem}
+        for blocks, vars_s in zip(self.stages, self.var_of, strict=True):
+            for blk, ids in zip(blocks, vars_s, strict=True):
+                convs_of.update(zip(ids, blk.convs, strict=True))
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for v in range(len(max_c)):
+            groups.setdefault((convs_of[v].c_out, convs_of[v].mix == "dense"), []).append(v)
+        self.plan_groups: list[tuple[int, bool, str]] = []
+        self.plan_slot: dict[int, tuple[int, int]] = {}  # var -> (group, row)
+        for g, ((width, dense), ids) in enumerate(groups.items()):
+            self.register_buffer(f"plan_ids{g}", torch.tensor(ids, dtype=torch.long), persistent=False)
+            self.plan_groups.append((width, dense, f"plan_ids{g}"))
+            self.plan_slot.update({v: (g, r) for r, v in enumerate(ids)})
 
     # ---- parameters ------------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -192,7 +206,14 @@ class SearchResNet(nn.Module):
         idx, p, dw = sample
         c = self.width_int.gather(1, idx)  # (convs, k) sampled widths
         m = c.max(1).values  # (convs,) active output width of each conv
-        x = self.maxpool(self.relu(self.stem(x, idx[0], p[0], c[0], m[0])))
+        plans = [mix_plan(c[getattr(self, name)], m[getattr(self, name)], width, dense, p.dtype)
+                 for width, dense, name in self.plan_groups]
+
+        def plan(v: int) -> tuple[torch.Tensor, ...]:
+            g, r = self.plan_slot[v]
+            return tuple(t[r] for t in plans[g])
+
+        x = self.maxpool(self.relu(self.stem(x, idx[0], p[0], c[0], m[0], plan(0))))
         width = m[0]
         for s, blocks in enumerate(self.stages):
             # active widths of every block's output, hence the stage's aggregation width
@@ -209,11 +230,11 @@ class SearchResNet(nn.Module):
                 h = x
                 for i, conv in enumerate(blk.convs):
                     v = ids[i]
-                    h = conv(h, idx[v], p[v], c[v], m[v])
+                    h = conv(h, idx[v], p[v], c[v], m[v], plan(v))
                     if i < len(blk.convs) - 1:
                         h = self.relu(h)
                 v = ids[-1]
-                sc = x if blk.downsample is None else blk.downsample(x, idx[v], p[v], c[v], m[v])
+                sc = x if blk.downsample is None else blk.downsample(x, idx[v], p[v], c[v], m[v], plan(v))
                 x = self.relu(h + sc)
                 if b + 1 in wanted:  # a candidate depth: interpolate to the stage's width, add its share
                     term = cwi_apply(x, out_w[b], agg_w, dw[s, j], dense=x.shape[1] <= DENSE_MAX_WIDTH)

@@ -33,7 +33,7 @@ from nas_common.registry import Registry
 
 __all__ = ["channelwise_interpolate", "cwi_index", "cwi_matrix", "cwi_rows", "cwi_apply", "gumbel_like",
            "select_k", "select_two", "gumbel_softmax", "masked_log_softmax", "tau_at", "TAU_SCHEDULES",
-           "SearchConvBN", "DENSE_MAX_WIDTH"]
+           "SearchConvBN", "DENSE_MAX_WIDTH", "mix_plan"]
 
 NEG = -1e30  # stands for -inf in masked logits (finite, so no NaN in softmax gradients)
 DENSE_MAX_WIDTH = 256  # mix="auto": a CxC channel mix up to this width, channel gathers above
@@ -208,39 +208,55 @@ class SearchConvBN(nn.Module):
         self.register_buffer("choice_width", torch.tensor(self.choices, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, p: torch.Tensor, c: torch.Tensor | None = None,
-                m: torch.Tensor | None = None) -> torch.Tensor:
-        if c is None:
-            c = self.choice_width[idx]
-        if m is None:
-            m = c.max()
+                m: torch.Tensor | None = None, plan: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """`c`, `m`: the sampled widths and their max (derived from `idx` when None); `plan`: this conv's row
+        of `mix_plans` (computed here when None; `SearchResNet` computes every conv's at once)."""
+        if plan is None:
+            if c is None:
+                c = self.choice_width[idx]
+            if m is None:
+                m = c.max()
+            plan = mix_plan(c, m, self.c_out, self.mix == "dense", self.weight.dtype)
         y = self.conv(x)
         C = self.c_out
         if self.training:
-            var, mean = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+            # normalise with the batch statistics by the native kernel (one pass, fast backward); with
+            # momentum 1 it also leaves the batch mean and unbiased variance in `stats`
+            stats = y.new_zeros(2, C)
+            y = F.batch_norm(y, stats[0], stats[1], None, None, True, 1.0, self.eps)
             with torch.no_grad():  # each sampled candidate's running statistics follow the batch
-                n = y.numel() // C
-                mom = self.momentum
-                hit = torch.zeros(len(self.choices), 1, dtype=torch.bool, device=y.device).index_fill_(0, idx, True)
-                self.running_mean.copy_(torch.where(hit, (1 - mom) * self.running_mean + mom * mean.detach(),
-                                                    self.running_mean))
-                unbiased = var.detach() * (n / max(1, n - 1))
-                self.running_var.copy_(torch.where(hit, (1 - mom) * self.running_var + mom * unbiased,
-                                                   self.running_var))
-            mean_k, rstd_k = mean.expand(len(idx), -1), torch.rsqrt(var + self.eps).expand(len(idx), -1)
+                rate = torch.zeros(len(self.choices), 1, dtype=y.dtype, device=y.device).index_fill_(
+                    0, idx, self.momentum)
+                self.running_mean.lerp_(stats[0].expand_as(self.running_mean), rate)
+                self.running_var.lerp_(stats[1].expand_as(self.running_var), rate)
+            scale, shift = self.weight[idx], self.bias[idx]  # (K, C): candidate k's BN affine on y-hat
         else:
-            mean_k, rstd_k = self.running_mean[idx], torch.rsqrt(self.running_var[idx] + self.eps)
-        scale = self.weight[idx] * rstd_k  # (K, C): candidate k's BN as a per-channel affine map
-        shift = self.bias[idx] - scale * mean_k
-        lo, hi, valid = cwi_rows(c, m, C)  # (K, C) each: candidate k's CWI to m channels
-        cols = torch.cat([lo, hi])  # (2K, C): the source channel of each term of each output channel
-        vals = torch.cat([valid, valid]).to(y.dtype) * (0.5 * torch.cat([p, p]))[:, None]  # (2K, C)
-        scale2, shift2 = torch.cat([scale, scale]), torch.cat([shift, shift])
-        bias = (vals * shift2.gather(1, cols)).sum(0)
+            scale = self.weight[idx] * torch.rsqrt(self.running_var[idx] + self.eps)  # candidate k's BN as an
+            shift = self.bias[idx] - scale * self.running_mean[idx]  # affine map of y: (K, C) each
         if self.mix == "dense":
-            onehot = (cols[:, :, None] == torch.arange(C, device=y.device)).to(y.dtype)  # (2K, C, C)
-            w = torch.einsum("tij,ti,tj->ij", onehot, vals, scale2)
-            return F.conv2d(y, w[:, :, None, None], bias)
-        coef = vals * scale2.gather(1, cols)  # (2K, C)
+            (mat,) = plan  # (K, C, C): candidate k's CWI to m channels, zero rows >= m
+            w = torch.einsum("k,kij,kj->ij", p, mat, scale)
+            b = torch.einsum("k,kij,kj->i", p, mat, shift)
+            return F.conv2d(y, w[:, :, None, None], b)
+        cols, half = plan  # (2K, C) source channel of each term, (2K, C) 0.5 or 0 (rows >= m)
+        pk = torch.cat([p, p])[:, None] * half
+        scale2, shift2 = torch.cat([scale, scale]), torch.cat([shift, shift])
+        coef = pk * scale2.gather(1, cols)  # (2K, C)
+        bias = (pk * shift2.gather(1, cols)).sum(0)
         n_, _, h, w_ = y.shape
         ys = y.index_select(1, cols.flatten()).view(n_, cols.shape[0], C, h, w_)
         return torch.einsum("ntchw,tc->nchw", ys, coef) + bias.view(1, C, 1, 1)
+
+
+def mix_plan(c: torch.Tensor, m: torch.Tensor, C: int, dense: bool, dtype: torch.dtype = torch.float32
+             ) -> tuple[torch.Tensor, ...]:
+    """The fixed (weight-independent) part of the mix of candidates of widths `c` (..., K) aligned to `m` (...):
+    dense: ((..., K, C, C) CWI matrices, zero rows >= m); gather: ((..., 2K, C) source channels, (..., 2K, C)
+    factors 0.5 or 0). Leading dimensions batch many convs of the same full width at once."""
+    lo, hi, valid = cwi_rows(c, m.unsqueeze(-1), C)  # (..., K, C)
+    half = 0.5 * valid.to(dtype)
+    if dense:
+        ar = torch.arange(C, device=c.device)
+        mat = ((lo.unsqueeze(-1) == ar).to(half.dtype) + (hi.unsqueeze(-1) == ar).to(half.dtype)) * half.unsqueeze(-1)
+        return (mat,)
+    return torch.cat([lo, hi], -2), torch.cat([half, half], -2)
