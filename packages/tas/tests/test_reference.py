@@ -20,9 +20,9 @@ MICRO = {
 }
 
 
-def _model(name: str, k: int, seed: int = 0) -> SearchResNet:
+def _model(name: str, k: int, seed: int = 0, mix: str = "auto") -> SearchResNet:
     torch.manual_seed(seed)
-    model = SearchResNet(MICRO[name], 5, (3, 16, 16), k=k, init_std=1.0)
+    model = SearchResNet(MICRO[name], 5, (3, 16, 16), k=k, init_std=1.0, mix=mix)
     with torch.no_grad():  # non-trivial BN parameters and running statistics for every candidate
         for mod in model.modules():
             if hasattr(mod, "running_var"):
@@ -42,11 +42,11 @@ def _noise(model: SearchResNet, seed: int) -> tuple[torch.Tensor, torch.Tensor, 
     return gumbel(model.width_logits.shape), gumbel(model.width_logits.shape), gumbel(model.depth_logits.shape)
 
 
-@pytest.mark.parametrize("name", list(MICRO))
+@pytest.mark.parametrize("name,mix", [(name, "dense") for name in MICRO] + [("basic", "gather")])
 @pytest.mark.parametrize("k", [2, 3])
 @pytest.mark.parametrize("train", [True, False])
-def test_search_forward_equals_the_literal_equations(name: str, k: int, train: bool) -> None:
-    model = _model(name, k).train(train)
+def test_search_forward_equals_the_literal_equations(name: str, mix: str, k: int, train: bool) -> None:
+    model = _model(name, k, mix=mix).train(train)
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     tau = 0.7
     for seed in range(3):

@@ -24,7 +24,7 @@ from torch import nn
 
 from nas_common.spaces.resnet import WIDTH_RATIOS, convs_per_block, resnet_spec, width_choices
 
-from .ops import DENSE_MAX_WIDTH, NEG, SearchConvBN, cwi_apply, gumbel_softmax, mix_plan, select_k
+from .ops import DENSE_MAX_WIDTH, NEG, SearchConvBN, cwi_apply, gumbel_softmax, mix_plan, select_k, widest_first
 
 __all__ = ["SearchResNet", "tas_depth_choices", "base_spec", "spec_from_indices"]
 
@@ -204,8 +204,8 @@ class SearchResNet(nn.Module):
         to which each of them is interpolated before their weighted sum (accumulated as it goes).
         """
         idx, p, dw = sample
-        c = self.width_int.gather(1, idx)  # (convs, k) sampled widths
-        m = c.max(1).values  # (convs,) active output width of each conv
+        idx, p, c = widest_first(idx, p, self.width_int.gather(1, idx))  # (convs, k) sampled widths
+        m = c[:, 0]  # (convs,) active output width of each conv: its widest sampled width
         plans = [mix_plan(c[getattr(self, name)], m[getattr(self, name)], width, dense, p.dtype)
                  for width, dense, name in self.plan_groups]
 

@@ -33,7 +33,7 @@ from nas_common.registry import Registry
 
 __all__ = ["channelwise_interpolate", "cwi_index", "cwi_matrix", "cwi_rows", "cwi_apply", "gumbel_like",
            "select_k", "select_two", "gumbel_softmax", "masked_log_softmax", "tau_at", "TAU_SCHEDULES",
-           "SearchConvBN", "DENSE_MAX_WIDTH", "mix_plan"]
+           "SearchConvBN", "DENSE_MAX_WIDTH", "mix_plan", "widest_first"]
 
 NEG = -1e30  # stands for -inf in masked logits (finite, so no NaN in softmax gradients)
 DENSE_MAX_WIDTH = 256  # mix="auto": a CxC channel mix up to this width, channel gathers above
@@ -209,11 +209,14 @@ class SearchConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor, p: torch.Tensor, c: torch.Tensor | None = None,
                 m: torch.Tensor | None = None, plan: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """`c`, `m`: the sampled widths and their max (derived from `idx` when None); `plan`: this conv's row
-        of `mix_plans` (computed here when None; `SearchResNet` computes every conv's at once)."""
+        """`c`, `m`: the sampled widths and their max (derived from `idx` when None); `plan`: this conv's
+        `mix_plan` (computed here when None; `SearchResNet` computes every conv's at once, with the
+        candidates `widest_first`)."""
         if plan is None:
             if c is None:
                 c = self.choice_width[idx]
+            if self.mix == "gather":
+                idx, p, c = widest_first(idx, p, c)
             if m is None:
                 m = c.max()
             plan = mix_plan(c, m, self.c_out, self.mix == "dense", self.weight.dtype)
@@ -239,13 +242,21 @@ class SearchConvBN(nn.Module):
             b = torch.einsum("k,kij,kj->i", p, mat, shift)
             return F.conv2d(y, w[:, :, None, None], b)
         cols, half = plan  # (2K, C) source channel of each term, (2K, C) 0.5 or 0 (rows >= m)
+        k = len(idx)
         pk = torch.cat([p, p])[:, None] * half
-        scale2, shift2 = torch.cat([scale, scale]), torch.cat([shift, shift])
-        coef = pk * scale2.gather(1, cols)  # (2K, C)
-        bias = (pk * shift2.gather(1, cols)).sum(0)
-        n_, _, h, w_ = y.shape
-        ys = y.index_select(1, cols.flatten()).view(n_, cols.shape[0], C, h, w_)
-        return torch.einsum("ntchw,tc->nchw", ys, coef) + bias.view(1, C, 1, 1)
+        coef = pk * torch.cat([scale, scale]).gather(1, cols)  # (2K, C)
+        bias = (pk * torch.cat([shift, shift]).gather(1, cols)).sum(0)
+        # the widest candidate (the first, see `widest_first`) is aligned to itself: no gather for it
+        out = torch.addcmul(bias.view(1, C, 1, 1), y, (coef[0] + coef[k]).view(1, C, 1, 1))
+        for t in [*range(1, k), *range(k + 1, 2 * k)]:
+            out = torch.addcmul(out, y.index_select(1, cols[t]), coef[t].view(1, C, 1, 1))
+        return out
+
+
+def widest_first(idx: torch.Tensor, p: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The candidates of every row reordered by decreasing width (the mix is symmetric in them)."""
+    order = torch.argsort(c, dim=-1, descending=True, stable=True)
+    return idx.gather(-1, order), p.gather(-1, order), c.gather(-1, order)
 
 
 def mix_plan(c: torch.Tensor, m: torch.Tensor, C: int, dense: bool, dtype: torch.dtype = torch.float32
