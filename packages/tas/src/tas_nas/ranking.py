@@ -108,7 +108,7 @@ def recalibrate_bn(model: SearchResNet, sample: tuple[torch.Tensor, torch.Tensor
     """Re-estimate the BN running statistics that `sample` uses, from train-mode forwards of `batches`.
 
     Why: in TAS every conv keeps running statistics per candidate width, but the search accumulated them
-    in train-mode forwards of the *mixed* network (two Gumbel-sampled widths per conv, interpolated and
+    in train-mode forwards of the *mixed* network (K Gumbel-sampled widths per conv, interpolated and
     mixed; every stage's candidate depths mixed), on augmented images, in both the weight and the
     architecture steps. A candidate's statistics therefore describe its conv's output under inputs
     from a random mixture of upstream widths and depths, not under the one hard configuration being

@@ -170,7 +170,7 @@ class TASSearch:
         (the same per-class 50/50 split of the training set, from `task.seed`), in batches of
         `batch_size`, eval mode, no gradients, no fine-tuning.
 
-        BatchNorm: the per-width running statistics were accumulated by the mixed two-width, mixed-depth
+        BatchNorm: the per-width running statistics were accumulated by the mixed multi-width, mixed-depth
         network of the search (see `ranking.recalibrate_bn`), so they do not fit a hard configuration.
         Before scoring, each configuration's statistics are recomputed from `bn_batches` batches of the
         other (weight) half: train-mode forwards without gradients (in-memory data without augmentation,
