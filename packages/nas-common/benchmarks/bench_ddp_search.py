@@ -6,8 +6,8 @@ For each method: a short real search (its `tiny` preset, a few steps) in one pro
 B with all `--threads` cores, then the same search under `torchrun --nproc-per-node 2` (gloo on the
 CPU, the cores split between the ranks) at B/2 per rank. Every search step a method marks with
 `ctx.step()` is timed (nas_common.context's step observers), and the medians are compared. On a CPU
-the two ranks share the machine's cores with the collectives' copies, so this shows the overhead of the collectives and the rank-0 decisions, not a
-speed-up; on GPUs each rank has its own device.
+the two ranks share the machine's cores with the collectives' copies, so this shows the overhead of
+the collectives and the rank-0 decisions, not a speed-up; on GPUs each rank has its own device.
 """
 from __future__ import annotations
 

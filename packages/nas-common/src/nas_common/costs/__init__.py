@@ -149,5 +149,5 @@ for _info in (
     CostInfo("distributed", "steps", "makespan of the module DAG on K workers (BSN's distributed cost)",
              _distributed, arg="number of workers K", parse_arg=_k_workers),
 ):
-    if _info.name not in COSTS:
+    if not COSTS.registered(_info.name):
         register_cost(_info)

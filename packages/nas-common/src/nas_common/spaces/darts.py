@@ -386,7 +386,7 @@ class DartsSpace(Space):
 
 
 DARTS_SPACE = DartsSpace()
-if "darts" not in SPACES._items:  # re-importing the module (reload) must not register twice
+if not SPACES.registered("darts"):  # re-importing the module (reload) must not register twice
     SPACES.register("darts", DARTS_SPACE)
 
 #: `net` of the built-in architectures: DARTS' CIFAR-10 evaluation setting.
@@ -403,6 +403,6 @@ def _arch_factory(name: str) -> Any:
 
 
 for _name in GENOTYPES:
-    if _name not in ARCHS._items:
+    if not ARCHS.registered(_name):
         register_arch(_name, _arch_factory(_name))
 
