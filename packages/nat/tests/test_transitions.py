@@ -110,6 +110,24 @@ def test_all_skip_and_all_null_extremes_are_not_costlier(name: str) -> None:
         assert got["macs"] <= base["macs"] and got["params"] <= base["params"], (name, action, got, base)
 
 
+def test_prior_mask_table_equals_the_masks_of_prior_samples() -> None:
+    """The device-side lookup of the search step gives transition_mask's masks for the prior's cells."""
+    from nat_nas.cells import sample_prior
+    from nat_nas.search import _PriorMasks
+
+    costs = _costs()
+    vocab = [NULL_OP, *FULLY_CONCAT_OPS]
+    lookup = _PriorMasks(vocab, costs, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ops, inputs = sample_prior(2, 4, len(FULLY_CONCAT_OPS), g)
+        got = lookup(ops + 1, inputs)
+        cells = [Cell(tuple(FULLY_CONCAT_OPS[k] for k in row), tuple(src)) for row, src in
+                 zip(ops.tolist(), inputs.tolist(), strict=True)]
+        want = torch.stack([transition_mask(cells[0], False, costs[0]), transition_mask(cells[1], True, costs[1])])
+        assert torch.equal(got, want)
+
+
 def test_sample_prior_matches_random_cell_s_distribution() -> None:
     from nat_nas.cells import adjacency_from_inputs, sample_prior
 
