@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from nas_common import NASError, SearchResult, Task, get_dataset, make_loader
+from nas_common.oneshot import recalibrate_bn
 from nas_common.search import run_search
 from tas_nas import FlopTable, SearchResNet, TASSearch
 from tas_nas.model import base_spec
-from tas_nas.ranking import one_hot_sample, recalibrate_bn, score_configs
+from tas_nas.ranking import one_hot_sample, score_configs
 
 MICRO = {"base": "resnet20", "epochs": 2, "batch_size": 16, "max_steps_per_epoch": 2, "arch_lr": 0.02}
 
@@ -32,7 +33,7 @@ def _network(run_dir: Path) -> SearchResNet:
     """The final searchable network, loaded here independently of the hook."""
     task = _task()
     model = SearchResNet(base_spec("resnet20"), task.num_classes, task.input_shape)
-    model.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"])
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]["net"])
     return model.eval()
 
 
@@ -126,7 +127,7 @@ def test_recalibrated_statistics_fit_the_configuration(run_dir: Path) -> None:
         batch_stats = model.train()(x, sample)
     stem.running_mean.copy_(before_mean)
     stem.running_var.copy_(before_var)
-    recalibrate_bn(model, sample, [(x, None)])
+    recalibrate_bn(model, [(x, None)], lambda xb: model(xb, sample))
     assert not model.training and stem.momentum == 0.1
     with torch.no_grad():
         calibrated = model(x, sample)
@@ -156,7 +157,7 @@ def test_a_peaked_distribution_gives_fewer_archs_instead_of_looping(run_dir: Pat
     shutil.copytree(run_dir, peaked)
     ckpt = peaked / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
-    w, d = state["model"]["width_logits"], state["model"]["depth_logits"]
+    w, d = state["model"]["net"]["width_logits"], state["model"]["net"]["depth_logits"]
     w.fill_(-50.0)
     w[:, 0] = 50.0
     d.fill_(-50.0)

@@ -336,8 +336,8 @@ def test_tau_of_each_epoch_follows_the_configured_schedule(tmp_path: Path) -> No
                         ({"tau_schedule": "cosine", "tau_max": 5.0}, [5.0, 0.1 + 4.9 * 0.75, 0.1 + 4.9 * 0.25])):
         out = tmp_path / str(len(extra))
         run_search("tas", _task(), out=out, preset="tiny", overrides={**over, **extra}, progress=False)
-        logged = [json.loads(line)["tau"] for line in (out / "metrics.jsonl").read_text().splitlines()
-                  if "tau" in json.loads(line)]
+        logged = [json.loads(line)["search/tau"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                  if "search/tau" in json.loads(line)]
         assert logged == pytest.approx(taus)
 
 

@@ -1,8 +1,10 @@
 """The searched configurations released with TAS, as built-in architectures of the "resnet" space.
 
 Transcribed from the official repository (D-X-Y/AutoDL-Projects @f46486e, `configs/NeurIPS-2019/*.config`:
-`xchannels`, `xblocks`, `estimated_FLOP`); configurations are published facts. Importing this module
-registers them (`get_arch("tas-cifar10-resnet56")`, `nas cost tas-cifar10-resnet56`, `nas train ...`):
+`xchannels`, `xblocks`, `estimated_FLOP`); configurations are published facts. This module is the
+package's `nas_common.spaces` entry point: nas_common imports it when a name it does not know is asked
+for, and importing it registers the configurations (`get_arch("tas-cifar10-resnet56")`, `nas cost
+tas-cifar10-resnet56`, `nas train ...`) and TAS's retraining recipes (`recipes`: `nas train --preset tas`):
 
     tas-cifar10-resnet56     CIFAR-10 ResNet-56, depths 5-5-5        published 57.93 MFLOPs
     tas-cifar10-resnet110    CIFAR-10 ResNet-110, depths 11-11-9     published 117.50
@@ -37,6 +39,7 @@ from typing import Any
 from nas_common import Arch, register_arch
 from nas_common.spaces.resnet import convs_per_block
 
+from . import recipes  # noqa: F401  (registers the `tas` and `tas-imagenet` training presets)
 from .model import base_spec
 
 __all__ = ["RELEASED", "Released", "official_estimate_mflops", "released_arch"]

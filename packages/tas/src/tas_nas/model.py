@@ -24,9 +24,20 @@ from torch import nn
 
 from nas_common.spaces.resnet import WIDTH_RATIOS, convs_per_block, resnet_spec, width_choices
 
-from .ops import DENSE_MAX_WIDTH, NEG, SearchConvBN, cwi_apply, gumbel_softmax, mix_plan, select_k, widest_first
+from .ops import (
+    DENSE_MAX_WIDTH,
+    NEG,
+    SearchConvBN,
+    cwi_apply,
+    gumbel_like,
+    gumbel_softmax,
+    mix_plan,
+    one_hot,
+    select_k,
+    widest_first,
+)
 
-__all__ = ["SearchResNet", "tas_depth_choices", "base_spec", "spec_from_indices"]
+__all__ = ["SearchResNet", "tas_depth_choices", "base_spec", "narrowest_spec", "spec_from_indices"]
 
 
 def tas_depth_choices(depths: Sequence[int], kind: str = "cifar") -> list[list[int]]:
@@ -155,10 +166,10 @@ class SearchResNet(nn.Module):
 
     # ---- distributions ---------------------------------------------------------------------------
     def _full_width(self) -> torch.Tensor:
-        return nn.functional.one_hot(self.full_width_index, self.width_logits.shape[1]).to(self.width_logits.dtype)
+        return one_hot(self.full_width_index, self.width_logits.shape[1], self.width_logits.dtype)
 
     def _full_depth(self) -> torch.Tensor:
-        return nn.functional.one_hot(self.full_depth_index, self.depth_logits.shape[1]).to(self.depth_logits.dtype)
+        return one_hot(self.full_depth_index, self.depth_logits.shape[1], self.depth_logits.dtype)
 
     def width_probs(self) -> torch.Tensor:
         """softmax over each conv's valid widths (the plain distribution, for expected FLOPs)."""
@@ -174,22 +185,33 @@ class SearchResNet(nn.Module):
     def argmax_probs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One-hot distributions at the argmax width per conv and depth per stage."""
         w, d = self.argmax_indices()
-        return (nn.functional.one_hot(w, self.width_logits.shape[1]).to(self.width_logits.dtype),
-                nn.functional.one_hot(d, self.depth_logits.shape[1]).to(self.depth_logits.dtype))
+        return (one_hot(w, self.width_logits.shape[1], self.width_logits.dtype),
+                one_hot(d, self.depth_logits.shape[1], self.depth_logits.dtype))
 
-    def sample(self, tau: float, noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    def draw_noise(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The Gumbel noise of one `sample`: (G1, G2, G_depth), None for a dimension that is not searched.
+
+        Drawn from the global torch RNG in the order `sample` draws it when given none, so that a search
+        can draw a step's noise first and give every rank rank 0's (`SearchStep`)."""
+        g1 = gumbel_like(self.width_logits) if self.search_width else None
+        g2 = gumbel_like(self.width_logits) if self.search_width else None
+        gd = gumbel_like(self.depth_logits) if self.search_depth else None
+        return g1, g2, gd
+
+    def sample(self, tau: float, noise: tuple[torch.Tensor | None, ...] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(width indices (convs, k), width weights (convs, k), depth weights (stages, depths)).
 
-        `noise` = (G1, G2, G_depth) fixes the Gumbel noise (tests): see `select_k`, `gumbel_softmax`.
+        `noise` = (G1, G2, G_depth) fixes the Gumbel noise (`draw_noise`; tests): see `select_k`,
+        `gumbel_softmax`. Without it, the noise is drawn here from the global torch RNG.
         """
         n1, n2, nd = noise if noise is not None else (None, None, None)
         if self.search_width:
             idx, p = select_k(self.width_logits, self.width_mask, tau, self.k, None if n1 is None else (n1, n2))
         else:
             idx = self.full_width_index[:, None].expand(-1, self.k)
-            p = self.width_logits.new_zeros(idx.shape)
-            p[:, 0] = 1.0  # the full width, once (any further picks repeat it with weight 0)
+            # the full width, once (any further picks repeat it with weight 0)
+            p = one_hot(torch.zeros_like(self.full_width_index), self.k, self.width_logits.dtype)
         dw = gumbel_softmax(self.depth_logits, self.depth_mask, tau, nd) if self.search_depth else self._full_depth()
         return idx, p, dw
 
@@ -262,6 +284,24 @@ class SearchResNet(nn.Module):
         """TAS's rule: the argmax width of every conv and the argmax depth of every stage."""
         w, d = self.argmax_indices()
         return spec_from_indices(self.layout(), w.tolist(), d.tolist())
+
+
+def narrowest_spec(spec: dict[str, Any], ratios: Sequence[float] = WIDTH_RATIOS, search_width: bool = True,
+                   search_depth: bool = True) -> dict[str, Any]:
+    """The cheapest network TAS can derive from the full `spec`: every conv at its narrowest candidate
+    width and every stage at its smallest candidate depth (a dimension that is not searched stays at
+    the unpruned network's). MACs grow with every width and every depth, and with equal widths inside
+    a stage no stride-1 projection is added, so no configuration costs less (tests check this against
+    the expected-MACs table)."""
+    kind = spec["kind"]
+    depths = ([c[0] for c in tas_depth_choices(spec["depths"], kind)] if search_depth else list(spec["depths"]))
+
+    def w(c: int) -> int:
+        return width_choices(c, ratios)[0] if search_width else c
+
+    return {"kind": kind, "block": spec["block"], "stem": w(spec["stem"]), "depths": depths,
+            "widths": [[[w(c) for c in blk] for blk in stage[:d]] for stage, d in zip(spec["widths"], depths,
+                                                                                       strict=True)]}
 
 
 def spec_from_indices(layout: dict[str, Any], widx: Sequence[int], didx: Sequence[int]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from nas_common.ops import PointwiseConv2d
 from nas_common.registry import Registry
 
 __all__ = ["channelwise_interpolate", "cwi_index", "cwi_matrix", "cwi_rows", "cwi_apply", "gumbel_like",
-           "select_k", "select_two", "gumbel_softmax", "masked_log_softmax", "tau_at", "TAU_SCHEDULES",
+           "select_k", "select_two", "gumbel_softmax", "masked_log_softmax", "one_hot", "tau_at", "TAU_SCHEDULES",
            "SearchConvBN", "DENSE_MAX_WIDTH", "mix_plan", "widest_first"]
 
 NEG = -1e30  # stands for -inf in masked logits (finite, so no NaN in softmax gradients)
@@ -111,6 +111,12 @@ def gumbel_like(x: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise of x's shape, from the global torch RNG (restored on resume)."""
     u = torch.rand_like(x).clamp_(1e-10, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
+
+
+def one_hot(index: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`F.one_hot(index, n).to(dtype)` without its range check, which reads the indices' min and max back
+    to the host on the CPU (the indices here are argmaxes and choices, in range by construction)."""
+    return (index.unsqueeze(-1) == torch.arange(n, device=index.device)).to(dtype)
 
 
 def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,25 +13,35 @@ stage (`didx`, shape (stages,)), as indices into `SearchResNet.choices` / `depth
   depth weights are one-hot (blocks beyond the chosen depth at their narrowest width, so that they do
   not widen the depth aggregation). That forward is the searchable network at the hard choice: each
   conv's chosen-width BN on its zero-padded input, and the chosen depth's output.
-* `recalibrate_bn` re-estimates the running statistics that a configuration uses (see its docstring for
-  why the search's statistics do not fit a hard configuration).
-* `score_configs` returns the held-out top-1 accuracy of each configuration: batched over images, no
-  gradients, eval mode.
+* `score_configs` returns the held-out top-1 accuracy of each configuration (batched over images, no
+  gradients, eval mode), after re-estimating the BatchNorm statistics that configuration uses, with
+  nas_common's one-shot tools (`nas_common.oneshot`).
+
+Why the statistics are re-estimated: in TAS every conv keeps running statistics per candidate width,
+but the search accumulated them in train-mode forwards of the *mixed* network (K Gumbel-sampled widths
+per conv, interpolated and mixed; every stage's candidate depths mixed), on augmented images, in both
+the weight and the architecture steps. A candidate's statistics therefore describe its conv's output
+under inputs from a random mixture of upstream widths and depths, not under the one hard configuration
+being scored, and the search itself never used them (it always normalised with batch statistics).
+Scoring hard configurations with them measures that mismatch as much as the configuration, so each
+configuration's statistics are recomputed first (standard one-shot practice, e.g. SPOS, OFA). A
+`SearchConvBN` follows BatchNorm's momentum rule for the candidates a forward samples and leaves the
+others' entries alone, so `oneshot.recalibrate_bn` re-estimates exactly the entries a configuration uses.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .model import SearchResNet, spec_from_indices
-from .ops import SearchConvBN
+from nas_common.oneshot import score_candidates
 
-__all__ = ["one_hot_sample", "recalibrate_bn", "sample_configs", "score_configs"]
+from .model import SearchResNet, spec_from_indices
+
+__all__ = ["one_hot_sample", "sample_configs", "score_configs"]
 
 Config = tuple[torch.Tensor, torch.Tensor]  # (width index per conv variable, depth index per stage)
 
@@ -92,68 +102,18 @@ def one_hot_sample(model: SearchResNet, widx: torch.Tensor, didx: torch.Tensor
     return idx, p, dw
 
 
-@contextlib.contextmanager
-def _momentum(convs: Sequence[SearchConvBN]) -> Iterator[None]:
-    saved = [m.momentum for m in convs]
-    try:
-        yield
-    finally:
-        for m, mom in zip(convs, saved, strict=False):
-            m.momentum = mom
-
-
-@torch.no_grad()
-def recalibrate_bn(model: SearchResNet, sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                   batches: Iterable[tuple[torch.Tensor, Any]]) -> None:
-    """Re-estimate the BN running statistics that `sample` uses, from train-mode forwards of `batches`.
-
-    Why: in TAS every conv keeps running statistics per candidate width, but the search accumulated them
-    in train-mode forwards of the *mixed* network (K Gumbel-sampled widths per conv, interpolated and
-    mixed; every stage's candidate depths mixed), on augmented images, in both the weight and the
-    architecture steps. A candidate's statistics therefore describe its conv's output under inputs
-    from a random mixture of upstream widths and depths, not under the one hard configuration being
-    scored, and the search itself never used them (it always normalised with batch statistics). Scoring
-    hard configurations with them measures that mismatch as much as the configuration, so each
-    configuration's statistics are recomputed first (standard one-shot practice, e.g. SPOS, OFA).
-
-    How: train-mode forwards without gradients; with momentum 1/(t+1) at batch t, the used candidates'
-    running mean and (unbiased) variance end as the average over the batches of the batch statistics,
-    and nothing from before survives for them. Only the chosen candidates' entries change (a
-    `SearchConvBN` updates the rows of its sampled candidates), so the result does not depend on which
-    configurations were scored before. The model is left in eval mode with its momenta restored.
-    """
-    convs = [m for m in model.modules() if isinstance(m, SearchConvBN)]
-    model.train()
-    with _momentum(convs):
-        for t, (x, _) in enumerate(batches):
-            for m in convs:
-                m.momentum = 1.0 / (t + 1)
-            model(x, sample)
-    model.eval()
-
-
-@torch.no_grad()
 def score_configs(model: SearchResNet, configs: Sequence[Config], held: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   calibration: Sequence[tuple[torch.Tensor, Any]] = ()) -> list[float]:
     """Held-out top-1 accuracy of each configuration under the shared weights (eval mode, no grad).
 
     `held` is iterated once per configuration, a batch at a time (a loader or a list, not a generator).
-    With `calibration` batches, each configuration's BN statistics are first recomputed on them
-    (`recalibrate_bn`); without, the search's running statistics are used as they are.
-    """
-    correct = []
-    seen = 0
-    for widx, didx in configs:
-        sample = one_hot_sample(model, widx, didx)
-        if calibration:
-            recalibrate_bn(model, sample, calibration)
-        model.eval()
-        hits = torch.zeros((), device=model.width_logits.device, dtype=torch.long)
-        seen = 0
-        for x, y in held:
-            hits += (model(x, sample).argmax(1) == y).sum()
-            seen += int(y.shape[0])
-        correct.append(hits)
-    if not correct:
+    With `calibration` batches, each configuration's BN statistics are first re-estimated on them
+    (`nas_common.oneshot.recalibrate_bn`, see the module docstring); without, the search's running
+    statistics are used as they are. Scored by `nas_common.oneshot.score_candidates` (sums on the
+    device, one host read)."""
+    samples = [one_hot_sample(model, widx, didx) for widx, didx in configs]
+    if not samples:
         return []
-    return (torch.stack(correct).double() / max(1, seen)).tolist()
+    scores = score_candidates(samples, lambda cands, x: model(x, cands[0]), held, model=model,
+                              calibration=calibration, bn="recalibrate" if calibration else "eval")
+    return [top1 for top1, _ in scores]

@@ -6,9 +6,13 @@ unpruned network by KD: (1 - alpha) * CE + alpha * T^2 * KL(teacher/T || student
 search's config (`-o kd_alpha=... -o kd_temperature=...` on `nas search tas`, carried in the arch's
 provenance), unless given here. The recipe (`RECIPES`, chosen by the network's kind):
 
-    cifar     nas_common's `tas` TrainConfig preset: 300 epochs (5 of them warm-up), batch 256, SGD
-              Nesterov 0.1, momentum 0.9, wd 5e-4, cosine (`configs/opts/CIFAR-E300-W5-L1-COS.config`)
-    imagenet  the same with 120 + 5 warm-up epochs and wd 1e-4 (`configs/opts/ImageNet-E120-Cos-Soft.config`)
+    cifar     the `tas` TrainConfig preset: 300 epochs (5 of them warm-up), batch 256, SGD Nesterov 0.1,
+              momentum 0.9, wd 5e-4, cosine (`configs/opts/CIFAR-E300-W5-L1-COS.config`)
+    imagenet  the `tas-imagenet` preset: 120 + 5 warm-up epochs and wd 1e-4
+              (`configs/opts/ImageNet-E120-Cos-Soft.config`)
+
+Both presets are this package's (`recipes`), registered with nas_common, so `nas train --preset tas`
+uses them too.
 
 The flow:
 
@@ -31,17 +35,16 @@ from nas_common import Arch, Dataset, NASError, Task, get_arch
 from nas_common.registry import Registry
 from nas_common.train import TrainResult, train_arch
 
+from . import recipes  # noqa: F401  (the presets RECIPES names)
 from .config import TASConfig
 from .model import base_spec
 
 __all__ = ["train_teacher", "retrain_with_kd", "teacher_arch", "RECIPES", "recipe_for", "kd_settings"]
 
-RETRAIN_PRESET = "tas"  # nas_common's TrainConfig preset: TAS's recipe (300 epochs, batch 256, 5 warm-up)
-
-# TAS's retraining recipes by network kind: (nas_common TrainConfig preset, overrides on it)
+# TAS's retraining recipes by network kind: (TrainConfig preset, overrides on it); see `recipes`
 RECIPES: Registry[tuple[str, dict[str, Any]]] = Registry("TAS retraining recipe")
-RECIPES.register("cifar", (RETRAIN_PRESET, {}))
-RECIPES.register("imagenet", (RETRAIN_PRESET, {"epochs": 125, "warmup_epochs": 5, "weight_decay": 1e-4}))
+RECIPES.register("cifar", ("tas", {}))
+RECIPES.register("imagenet", ("tas-imagenet", {}))
 
 
 def recipe_for(arch: Arch) -> tuple[str, dict[str, Any]]:
