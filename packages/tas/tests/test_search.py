@@ -22,6 +22,9 @@ class TestTASConformance(SearchMethodTests):
     micro = MICRO
     budget = Budget(macs=0.5 * RESNET20_MACS)
     budget_slack = 0.05 / 0.5  # the FLOP tolerance (5% of the base MACs) relative to the target
+    # 128 images: each half of the per-class split fills a batch of 16 on each of the two-process test's
+    # ranks (check() refuses a batch that a half cannot fill on every rank: 64 images give 15 per rank)
+    n_train = 128
 
 
 def _task(n: int = 64, budget: Budget | None = None, seed: int = 0) -> Task:
