@@ -182,3 +182,12 @@ def test_wrong_run_dirs_give_one_line_errors(run_dir: Path, tmp_path: Path) -> N
     with pytest.raises(NASError, match="stopped after epoch 1 of 2.*--resume") as e:
         TASSearch().sample_and_score(unfinished, _task(), 2, seed=0)
     assert "\n" not in str(e.value)
+
+
+def test_scoring_on_other_held_out_images_is_refused(run_dir: Path) -> None:
+    """The search recorded its architecture half's fingerprint: a task whose per-class split gives other
+    images (here another subset of the same dataset, same seed) cannot be scored against it."""
+    other = Task(get_dataset("cifar10-mini").subset(96, 16), seed=0)
+    with pytest.raises(NASError, match="architecture half .* is not the one the search") as e:
+        TASSearch().sample_and_score(run_dir, other, 2, seed=0)
+    assert "\n" not in str(e.value)
