@@ -73,3 +73,21 @@ def test_a_dimension_that_is_not_searched_stays_at_the_unpruned_network(mode: st
         assert spec["widths"] == [w[: d] for w, d in zip(full["widths"], spec["depths"], strict=True)]
         assert spec["depths"] != full["depths"]
     assert model(torch.randn(2, 3, 16, 16), (idx, p, dw)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("mode", [(True, True), (True, False), (False, True)])
+def test_drawn_noise_is_the_noise_sample_draws_itself(mode: tuple[bool, bool]) -> None:
+    """`draw_noise` (which the search draws first, so that under torchrun every rank takes rank 0's) draws
+    from the global RNG what `sample` draws when given none: one process samples as before."""
+    model = SearchResNet(base_spec("resnet20"), 10, (3, 32, 32), search_width=mode[0], search_depth=mode[1])
+    torch.manual_seed(3)
+    own = model.sample(1.0)
+    torch.manual_seed(3)
+    noise = model.draw_noise()
+    given = model.sample(1.0, noise)
+    assert [n is None for n in noise] == [not mode[0], not mode[0], not mode[1]]
+    for a, b in zip(own, given, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.manual_seed(4)
+    other = model.sample(1.0)
+    assert any(not torch.equal(a, b) for a, b in zip(own, other, strict=True))
