@@ -11,10 +11,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bsn_nas import BSNConfig, Schedule, SearchStep, cnf_graph, cost_table, rescnf_graph
 from bsn_nas.costs import makespan
 from nas_common import Budget, Task, get_dataset
+from nas_common.testing import SYNC_OPS as NAS_SYNC_OPS
 
-# aten ops that make the host wait for the device (or need a data-dependent output size)
+# aten ops that make the host wait for the device (or need a data-dependent output size), or copy host
+# data to it (lift_fresh: torch.tensor(...), or a Python scalar written into a slice); nas_common's list too
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
-            "masked_select", "multinomial", "is_nonzero", "equal", "item"}
+            "masked_select", "multinomial", "is_nonzero", "equal", "item", "lift_fresh"} | set(NAS_SYNC_OPS)
 # Tensor methods that copy to the host
 SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 
