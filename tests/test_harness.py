@@ -200,6 +200,9 @@ def test_estimate_schedules_longest_first_and_sizes_the_evidence_preset() -> Non
     model = CostModel.fit()
     assert model.train_s("darts", 10, 1000, 2) > model.train_s("darts", 5, 1000, 2) > model.train_s("darts", 5, 500, 2)
     assert model.search_s("nat", 4660) > model.search_s("nat", 1000)
+    # a method that never ran is planned in the first space it declares (SearchMethod.spaces)
+    assert model.found("never-ran", spaces=("darts", "resnet"))[0] == "darts"
+    assert model.found("never-ran")[0] == "resnet"
     h = Harness("evidence", "/nonexistent/out", methods="all", jobs=2, quiet=True)
     assert h.preset.random_per_space >= 5 and h.preset.rank_samples >= 8 and h.preset.reference
     est = h.estimate()
