@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -73,8 +72,9 @@ class LocalLauncher:
 def _subprocess_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job in a fresh interpreter (Ray's tasks and SLURM jobs use this)."""
     Path(job["out"]).mkdir(parents=True, exist_ok=True)
-    spec = Path(job["out"]) / "job.json"
-    spec.write_text(json.dumps(job))
+    from nas_common.io import atomic_write_json
+
+    spec = atomic_write_json(Path(job["out"]) / "job.json", job)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "tools.bench.jobs", str(spec)], env=env, capture_output=True,
