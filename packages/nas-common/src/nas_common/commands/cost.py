@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..arch import Arch, get_arch, list_archs
-from ..cli import command
+from ..cli import command, emit_json
 from ..errors import ConfigError
 
 
@@ -80,7 +79,7 @@ def _run_all(args: argparse.Namespace) -> int:
         rows.append({"arch": name, "space": arch.space, "input": arch.net["input"], **c,
                      "published": {k: v for k, v in PUBLISHED.get(name, {}).items() if k in ("macs", "params")}})
     if args.json:
-        print(json.dumps(rows))
+        emit_json(rows)
         return 0
     print("MACs = multiply-accumulates (what papers call FLOPs); published figures in parentheses")
     head = "| arch | space | input | MACs | params |" + (" memory |" if args.memory else "") + \
@@ -116,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                        warmup=args.warmup)
     if args.json:
         out = {k: c[k] for k in ("macs", "params", "memory", "latency") if k in c}
-        print(json.dumps(out))
+        emit_json(out)
         return 0
     print(f"{args.arch}: {arch.space}: {arch.describe()}")
     print(f"  input  {'x'.join(map(str, arch.net['input']))}, {arch.net['num_classes']} classes")

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..cli import add_common_run_args, command
+from ..cli import add_common_run_args, command, emit_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     m = evaluate(model, ds.test, device=device, batch_size=args.batch_size)
     out = {"run_dir": str(args.run_dir), "dataset": ds.name, "device": str(device), **m}
     if args.json:
-        print(json.dumps(out))
+        emit_json(out)
     else:
         print(f"| run | dataset | images | top-1 | top-5 | loss |\n|---|---|---:|---:|---:|---:|\n"
               f"| {args.run_dir} | {ds.name} | {m['n']} | {m['top1']:.2f} | {m['top5']:.2f} | {m['loss']:.4f} |")

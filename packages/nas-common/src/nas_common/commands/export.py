@@ -7,7 +7,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..cli import command
+from ..cli import command, emit_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -66,11 +66,9 @@ def export_onnx(run_dir: str | Path, path: str | Path, opset: int = 17) -> dict:
 
 @command("export", "export a trained model to ONNX", arguments)
 def run(args: argparse.Namespace) -> int:
-    import json
-
     info = export_onnx(args.run_dir, args.onnx, args.opset)
     if args.json:
-        print(json.dumps(info))
+        emit_json(info)
     else:
         note = "checked by onnx.checker" if info["checked"] else "not checked (pip install onnx to check it)"
         print(f"written: {info['onnx']} ({info['bytes'] / 1e6:.2f} MB, input {info['input']}, opset "

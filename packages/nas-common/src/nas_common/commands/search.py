@@ -9,10 +9,9 @@ The method's own flags come from its `cli_options`; nas-common names no method.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
-from ..cli import add_common_run_args, command
+from ..cli import EXIT_OVER_BUDGET, add_common_run_args, command, emit_json
 from ..data import get_dataset
 from ..device import resolve_device
 from ..errors import NASError
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                               overrides=overrides, resume=args.resume, overwrite=args.overwrite)
     over = budget.violations(arch.costs)
     if args.json:
-        print(json.dumps({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over}))
+        emit_json({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over})
     else:
         print(f"found: {arch.describe()}")
         extra = "".join(f"  {k} {arch.costs[k]:.4g}" for k in budget.limits if k not in ("macs", "params"))
@@ -90,4 +89,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"  written: {args.out}/arch.json (retrain with `nas train {args.out}/arch.json --out ...`)")
         if over:
             print(f"  WARNING: over budget: {'; '.join(over)}")
-    return 1 if over else 0
+    return EXIT_OVER_BUDGET if over else 0

@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from .. import dist
-from ..cli import add_common_run_args, command
+from ..cli import add_common_run_args, command, emit_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -69,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     m = res.metrics
     if args.json:
-        print(json.dumps({"run_dir": str(res.run_dir), "arch": res.arch.digest, "costs": res.arch.costs,
-                          "metrics": m}))
+        emit_json({"run_dir": str(res.run_dir), "arch": res.arch.digest, "costs": res.arch.costs,
+                          "metrics": m})
         return 0
     print(f"trained {res.arch.space} {res.arch.digest}: MACs {res.arch.costs.get('macs', 0) / 1e6:.2f}M  "
           f"params {res.arch.costs.get('params', 0) / 1e6:.3f}M")
