@@ -69,11 +69,12 @@ class Arch:
         except ArchFileError as e:
             raise ArchFileError(f"{source}: {e}") from None
 
-    def with_costs(self, device: Any = "cpu") -> Arch:
-        """This arch with `costs` (macs, params) counted on the built network."""
+    def with_costs(self, device: Any = None) -> Arch:
+        """This arch with `costs` (macs, params) counted exactly on the meta device (nothing allocated;
+        `device` is accepted for compatibility and unused)."""
         from .costs import count_costs
 
-        return replace(self, costs=count_costs(self.build(), tuple(self.net["input"]), device=device))
+        return replace(self, costs=count_costs(self))
 
     def replace(self, **changes: Any) -> Arch:
         return replace(self, **changes)

@@ -48,15 +48,22 @@ def command(name: str, help: str, arguments: Callable | None = None) -> Callable
     return deco
 
 
-def add_common_run_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by commands that read data and use a device."""
-    p.add_argument("--dataset", default="cifar10-mini",
-                   help="dataset name (see `nas list`) or npz:PATH (default: cifar10-mini)")
+def add_common_run_args(p: argparse.ArgumentParser, dataset_help: str | None = None) -> None:
+    """Options shared by commands that read data and use a device (`dataset_help`: the --dataset
+    option's default is then None, which the command resolves itself)."""
+    p.add_argument("--dataset", default=None if dataset_help else "cifar10-mini",
+                   help=dataset_help or "dataset name (see `nas list`) or npz:PATH (default: cifar10-mini)")
     p.add_argument("--data-dir", default=None,
                    help="where torchvision datasets live (cifar10, cifar100, svhn, imagefolder)")
     p.add_argument("--download", action="store_true", help="download a torchvision dataset into --data-dir if missing")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--seed", type=seed_arg, default=0, help="random seed, an integer in [0, 2**31) (default 0)")
+
+
+def add_keep_best_arg(p: argparse.ArgumentParser, metric: str) -> None:
+    p.add_argument("--keep-best", type=int, default=1, metavar="K",
+                   help=f"keep checkpoints/best.pt (the best epoch by {metric}) beside last.pt, and with K > 1 the "
+                        f"K best epochs as checkpoints/epoch-NNNN.pt; 0: none (default 1)")
 
 
 def seed_arg(text: str) -> int:

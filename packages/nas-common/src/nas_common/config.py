@@ -355,6 +355,21 @@ def record_config(data: Mapping[str, Any], cls: type) -> Mapping[str, Any]:
     return data
 
 
+def check_record_file(file: Any, *, kind: str, method: str | None = None) -> None:
+    """Refuse a run's config.toml given as --config to a command of another kind or method (a TAS
+    search's config to `nas train`, a BSN search's to `nas search tas`); plain value files pass."""
+    if file is None or isinstance(file, Mapping):
+        return
+    data = load_toml(file)
+    if not is_run_record(data):
+        return
+    theirs = f"`nas {data['kind']}" + (f" {data['method']}`" if data.get("method") else "`")
+    ours = f"`nas {kind}" + (f" {method}`" if method else "`")
+    if data["kind"] != kind or (method is not None and data.get("method") != method):
+        raise ConfigError(f"--config {str(file)!r} is the config.toml of a {theirs} run, not of a {ours} run: "
+                          f"give a config of the same command")
+
+
 def resolve_config(
     cls: type[C],
     preset: str | None = "paper",

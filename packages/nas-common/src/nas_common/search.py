@@ -26,16 +26,25 @@ from . import dist
 from .arch import Arch
 from .config import config_to_dict, resolve_config
 from .costs import count_costs, measure_cost
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .methods import SearchMethod, SearchResult, Task
-from .registry import get_method, method_version
+from .registry import get_method, list_methods, method_version
 from .runs import Run, provenance, seed_everything
+
+
+def _method_class(method: Any) -> type[SearchMethod]:
+    if isinstance(method, str):
+        return get_method(method)
+    if isinstance(method, type) and issubclass(method, SearchMethod):
+        return method
+    raise ConfigError(f"a method is a name (one of {', '.join(list_methods()) or 'none installed'}) or a "
+                      f"SearchMethod subclass, got {method!r}")
 
 
 def method_config(method: str | type[SearchMethod], preset: str | None = "paper", file: Any = None,
                   overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:
     """The method's resolved config: the paper's defaults, then `preset`, `file` and `overrides`."""
-    cls = get_method(method) if isinstance(method, str) else method
+    cls = _method_class(method)
     return resolve_config(cls.config_cls, preset=preset, file=file, overrides=overrides)
 
 
@@ -48,8 +57,17 @@ def search_record(cls: type[SearchMethod], task: Task, config: Any, preset: str 
 def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path, preset: str | None = "paper",
                config_file: Any = None, overrides: Iterable[str] | Mapping[str, Any] = (),
                resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
-               progress: bool = True) -> tuple[SearchResult, Arch]:
-    cls = get_method(method) if isinstance(method, str) else method
+               progress: bool = True, keep_best: int = 1) -> tuple[SearchResult, Arch]:
+    """Search with `method` on `task` into the run directory `out` (see the module docstring); returns
+    the method's SearchResult and the found (derived, costed) Arch. `keep_best`: checkpoints/best.pt
+    by the method's `best_metric`, and with keep_best > 1 that many best epochs' checkpoints."""
+    from .config import check_record_file
+
+    cls = _method_class(method)
+    if not isinstance(task, Task):
+        hint = " (wrap it: Task(dataset=ds))" if type(task).__name__ == "Dataset" else ""
+        raise ConfigError(f"run_search takes a Task, got {type(task).__name__}{hint}")
+    check_record_file(config_file, kind="search", method=cls.name)
     config = resolve_config(cls.config_cls, preset=preset, file=config_file, overrides=overrides)
     ctx = task.context  # joins the process group when launched by torchrun
     if ctx.device != task.device:
@@ -60,6 +78,7 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
     searcher.check(task, config)  # the method's refusals, before anything is written
     run = Run.create(out, record, resume=resume, overwrite=overwrite, interrupt_after=interrupt_after,
                      progress=progress)
+    run.track_best(cls.best_metric, cls.best_mode, keep=keep_best)
     seed_everything(task.seed)
     t0 = time.time()
     try:
@@ -90,11 +109,12 @@ def finish_arch(arch: Arch, method: str, task: Task) -> Arch:
     """Fill in what every found arch carries: counted costs (MACs, params and every budgeted cost),
     the method, provenance."""
     costs = dict(arch.costs)
+    if "macs" not in costs or "params" not in costs:
+        costs = {**count_costs(arch), **costs}  # on the meta device: exact, nothing allocated
     missing = [k for k in task.budget.limits if k not in costs]
-    if "macs" not in costs or "params" not in costs or missing:
+    if missing:  # memory, latency, ...: measured on the real network
         model = arch.build()
         shape = tuple(arch.net["input"])
-        costs = {**count_costs(model, shape), **costs}
         for key in missing:
             costs[key] = measure_cost(model, key, shape, device=task.device)
     prov = {**provenance(task.device, task.seed), "dataset": task.dataset.name, **(arch.provenance or {})}

@@ -38,15 +38,17 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: Any = "cpu",
                repeats: int = 20, warmup: int = 5) -> dict[str, Any]:
     """{"macs", "params"} (+ "memory" bytes, "latency" seconds) of `arch` on its net["input"]."""
-    from ..costs import count_macs, count_params, measure_latency, memory_breakdown
+    from ..costs import check_fits, count_costs, measure_latency, memory_breakdown
 
-    model = arch.build()
     shape = tuple(arch.net["input"])
-    out: dict[str, Any] = {"macs": count_macs(model, shape), "params": count_params(model)}
-    if memory or latency:
+    counted = count_costs(arch)  # on the meta device: exact, instant, nothing allocated
+    out: dict[str, Any] = {"macs": int(counted["macs"]), "params": int(counted["params"])}
+    if memory or latency:  # measured on the real device
         from ..device import resolve_device
 
         dev = resolve_device(device)
+        check_fits(counted["params"], dev)
+        model = arch.build()
         if memory:
             mem = memory_breakdown(model, shape, 1, dev)
             out["memory"] = mem["total"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from ..cli import EXIT_OVER_BUDGET, add_common_run_args, command, emit_json
+from ..cli import EXIT_OVER_BUDGET, add_common_run_args, add_keep_best_arg, command, emit_json
 from ..data import get_dataset
 from ..device import resolve_device
 from ..errors import NASError
@@ -45,6 +45,7 @@ def arguments(p: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_keep_best_arg(p, "the method's validation metric")
     name = _method_in(argv)
     if name is None or name not in list_methods():
         p.epilog = "each method adds its own options: see `nas search METHOD --help`"
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nas search {args.method}: dataset {ds.name}, device {device} ({device_name(device)}), "
               f"seed {args.seed}, torch {v.get('torch')}, out {args.out}")
     result, arch = run_search(cls, task, out=args.out, preset=args.preset, config_file=args.config,
-                              overrides=overrides, resume=args.resume, overwrite=args.overwrite)
+                              overrides=overrides, resume=args.resume, overwrite=args.overwrite,
+                              keep_best=args.keep_best)
     over = budget.violations(arch.costs)
     if args.json:
         emit_json({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over})

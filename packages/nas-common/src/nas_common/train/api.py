@@ -41,6 +41,13 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def check_seed(seed: object) -> int:
+    """`seed` as an integer in [0, 2**31) (what Python, NumPy and torch all accept), or a ConfigError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ConfigError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    return seed
+
+
 def fit_arch_to_dataset(arch: Arch, dataset: Dataset, *, adapt: bool = False, what: str = "architecture") -> Arch:
     """`arch` with net.num_classes/input set from `dataset` when `adapt`, else checked against it."""
     want_c, want_in = dataset.num_classes, list(dataset.input_shape)
@@ -80,23 +87,38 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
                device: torch.device | str | None = None, teacher: nn.Module | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, adapt: bool = False, data_dir: str | None = None,
                download: bool = False, progress: bool = True, verbose: bool = False,
-               interrupt_after: int | None = None) -> TrainResult:
+               interrupt_after: int | None = None, keep_best: int = 1) -> TrainResult:
     """Train `arch` (a built-in name, an arch.json, a run directory or an Arch) on `dataset` into `out`.
 
     Writes config.toml, arch.json, metrics.jsonl, tb/, checkpoints/last.pt (every epoch), model.pt and
     result.json. A built-in name is sized for the dataset (classes, input shape); a file must match it
     unless `adapt`. `teacher` (an nn.Module or a run directory) turns on knowledge distillation.
-    Under torchrun it trains data-parallel; rank 0 writes.
+    Under torchrun it trains data-parallel; rank 0 writes. `keep_best` keeps checkpoints/best.pt
+    (the epoch with the best test/top1) and, when > 1, the `keep_best` best epochs' checkpoints.
     """
+    from ..config import check_record_file
+    from ..costs import check_fits
+
+    check_seed(seed)
+    if not isinstance(arch, (str, Path, Arch)):
+        raise ConfigError(f"train_arch takes an Arch, an arch.json path or a built-in name, got {type(arch).__name__}")
+    if not isinstance(dataset, (str, Dataset)):
+        hint = " (a Task: pass task.dataset)" if hasattr(dataset, "dataset") else ""
+        raise ConfigError(f"train_arch takes a Dataset or a dataset name, got {type(dataset).__name__}{hint}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
     builtin = isinstance(arch, str) and arch in ARCHS
     a = get_arch(arch)
     ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, data_dir=data_dir, download=download)
     a = fit_arch_to_dataset(a, ds, adapt=adapt or builtin)
     if "macs" not in a.costs or "params" not in a.costs:
         a = a.with_costs()
+    if config_file is not None:
+        check_record_file(config_file, kind="train")
     cfg = config if config is not None else resolve_train_config(preset, config_file, overrides)
     teacher_model, teacher_name = _teacher(teacher, ds)
     dev = resolve_device(device)
+    check_fits(a.costs["params"], dev, copies=4, what=f"{a.space} network")  # weights, grads, momentum, slack
     dist.init_from_env(dev)
     ws = dist.world_size()
     if cfg.batch_size % ws:
@@ -118,6 +140,7 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
               "preset": preset or "", "teacher": teacher_name, "config": config_to_dict(cfg)}
     run = Run.create(out, record, resume=resume, overwrite=overwrite, interrupt_after=interrupt_after,
                      progress=progress)
+    run.track_best("test/top1", "max", keep=keep_best)
     try:
         run.save_arch(a)
         seed_everything(seed)
