@@ -38,7 +38,7 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: Any = "cpu",
                repeats: int = 20, warmup: int = 5) -> dict[str, Any]:
     """{"macs", "params"} (+ "memory" bytes, "latency" seconds) of `arch` on its net["input"]."""
-    from ..costs import check_fits, count_costs, measure_latency, memory_breakdown
+    from ..costs import check_fits, count_costs, latency_stats, memory_breakdown
 
     shape = tuple(arch.net["input"])
     counted = count_costs(arch)  # on the meta device: exact, instant, nothing allocated
@@ -54,7 +54,9 @@ def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: 
             out["memory"] = mem["total"]
             out["memory_detail"] = mem
         if latency:
-            out["latency"] = measure_latency(model, shape, 1, dev, warmup=warmup, repeats=repeats)
+            stats = latency_stats(model, shape, 1, dev, warmup=warmup, repeats=repeats)
+            out["latency"] = stats["median"]
+            out["latency_iqr"] = stats["iqr"]
             out["latency_device"] = str(dev)
     return out
 
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats,
                        warmup=args.warmup)
     if args.json:
-        out = {k: c[k] for k in ("macs", "params", "memory", "latency") if k in c}
+        out = {k: c[k] for k in ("macs", "params", "memory", "latency", "latency_iqr") if k in c}
         emit_json(out)
         return 0
     print(f"{args.arch}: {arch.space}: {arch.describe()}")
@@ -129,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
               f"{m['activations'] / 2**20:.2f} MiB (batch 1, {m['device']}, "
               f"{'measured peak' if m['method'] == 'cuda-peak' else 'estimate: sum of layer outputs'})")
     if "latency" in c:
-        print(f"  latency: {c['latency'] * 1e3:.3f} ms (median of {args.repeats}, batch 1, {c['latency_device']})")
+        print(f"  latency: {c['latency'] * 1e3:.3f} ms (median of {args.repeats}, interquartile range "
+              f"{c['latency_iqr'] * 1e3:.3f} ms, batch 1, {c['latency_device']})")
     return 0

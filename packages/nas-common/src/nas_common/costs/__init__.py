@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import BudgetError, ConfigError, RegistryError
 from ..registry import COSTS
 from .distributed import makespan
-from .latency import measure_latency
+from .latency import latency_stats, measure_latency
 from .macs import count_macs
 from .memory import measure_memory, memory_breakdown, weight_bytes
 from .params import count_params
@@ -42,7 +42,8 @@ from .tables import (
 __all__ = [
     "COSTS", "ConvShape", "CostInfo", "build_on_meta", "check_fits", "check_input_shape", "conv_macs",
     "conv_params", "count_costs", "count_macs", "count_params",
-    "expected_macs", "get_cost", "list_costs", "makespan", "measure_cost", "measure_latency", "measure_memory",
+    "expected_macs", "get_cost", "latency_stats", "list_costs", "makespan", "measure_cost", "measure_latency",
+    "measure_memory",
     "memory_breakdown", "op_costs", "parse_cost_key", "register_cost", "shapes_macs",
     "shapes_params", "weight_bytes",
 ]
