@@ -204,6 +204,8 @@ class SearchResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = None
+    arch: Arch | None = None  # set by run_search: the found architecture (derived, costed)
+    run_dir: Path | None = None  # set by run_search: where the run was written
 
 
 # ---- the method's own command-line options ----------------------------------------------------------

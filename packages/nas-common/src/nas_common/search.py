@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -100,6 +102,7 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
                           "method_version": method_version(cls.name), "rank_state_digests": digests,
                           "rank_arch_digests": arch_digests}, device=task.device, seed=task.seed)
         result.metrics = metrics
+        result.arch, result.run_dir = arch, Path(out)
         return result, arch
     finally:
         run.close()
@@ -141,4 +144,48 @@ def _digest_value(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=repr)
 
 
-__all__ = ["finish_arch", "method_config", "run_search", "search_record", "state_digest"]
+def default_out(name: str) -> Path:
+    """runs/NAME-YYYYmmdd-HHMMSS (a new directory per call of the one-call API)."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def search(method: str | type[SearchMethod], dataset: Any = "cifar10-mini", *, budget: Any = None,
+           out: str | Path | None = None, preset: str | None = "paper", seed: int = 0, device: Any = None,
+           overrides: Iterable[str] | Mapping[str, Any] = (), config_file: Any = None, resume: bool = False,
+           overwrite: bool = False, progress: bool = True, data_dir: str | None = None, download: bool = False,
+           keep_best: int = 1) -> SearchResult:
+    """Search an architecture in one call: `nas_common.search("tas", dataset="cifar10-mini",
+    budget=Budget(macs=20e6), preset="tiny")`. `dataset` is a name (see `list_datasets()`) or a Dataset;
+    `budget` a Budget, a mapping such as {"macs": 20e6}, or None; `out` defaults to runs/METHOD-TIME.
+    Returns the SearchResult with `.arch` (the found Arch), `.metrics`, `.model` and `.run_dir`; what
+    `run_search` writes is in `.run_dir` (`nas train RUN_DIR/arch.json` retrains it)."""
+    from .data import Dataset, get_dataset
+    from .device import resolve_device
+    from .methods import Budget
+
+    cls = _method_class(method)
+    if budget is None:
+        budget = Budget()
+    elif isinstance(budget, Mapping):
+        budget = Budget(limits=budget)
+    elif not isinstance(budget, Budget):
+        raise ConfigError(f"budget must be a Budget (e.g. Budget(macs=20e6)), a mapping such as {{'macs': 20e6}} "
+                          f"or None, got {budget!r}")
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, data_dir=data_dir, download=download)
+    task = Task(dataset=ds, device=resolve_device(device), seed=seed, budget=budget)
+    result, _ = run_search(cls, task, out=out if out is not None else default_out(cls.name), preset=preset,
+                           config_file=config_file, overrides=overrides, resume=resume, overwrite=overwrite,
+                           progress=progress, keep_best=keep_best)
+    return result
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: `nas_common.search(...)` is `nas_common.search.search(...)`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["default_out", "finish_arch", "method_config", "run_search", "search", "search_record", "state_digest"]

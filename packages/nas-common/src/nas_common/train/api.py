@@ -155,3 +155,24 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
         return TrainResult(trainer.model.eval(), a, metrics, out, trainer.history)
     finally:
         run.close()
+
+
+def train(arch: str | Path | Arch, dataset: str | Dataset = "cifar10-mini", *, out: str | Path | None = None,
+          preset: str | None = "paper", epochs: int | None = None, batch_size: int | None = None,
+          lr: float | None = None, overrides: Iterable[str] | Mapping[str, Any] = (), **kwargs: Any) -> TrainResult:
+    """Train an architecture in one call: `nas_common.train("resnet20", dataset="cifar10-mini",
+    preset="tiny", epochs=3)`. `epochs`, `batch_size` and `lr` override the preset; `out` defaults to
+    runs/train-DIGEST-TIME; every other keyword goes to `train_arch` (seed, device, teacher, resume,
+    overwrite, config, config_file, adapt, keep_best, ...). Returns the TrainResult (`.model`, `.metrics`,
+    `.arch`, `.run_dir`)."""
+    from ..search import default_out
+
+    ov = dict(overrides) if isinstance(overrides, Mapping) else dict(
+        item.partition("=")[::2] for item in overrides)
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            ov[key] = value
+    if out is None:
+        a = arch if isinstance(arch, Arch) else None
+        out = default_out(f"train-{a.digest if a is not None else Path(str(arch)).stem}")
+    return train_arch(arch, dataset, out=out, preset=preset, overrides=ov, **kwargs)
