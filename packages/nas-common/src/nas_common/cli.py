@@ -38,6 +38,14 @@ COMMANDS: Registry[tuple[Callable, Callable, str]] = Registry("command")
 _MODULES = ("list", "cost", "search", "train", "eval", "export")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (`nas train: error: argument --seed: ...`), exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
 def command(name: str, help: str, arguments: Callable | None = None) -> Callable:
     """Register `run(args)` as subcommand `name`; `arguments(parser)` adds its options (see commands/)."""
 
@@ -110,7 +118,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     epilog = "exit codes:\n" + "\n".join(f"  {k:<4d} {v}" for k, v in EXIT_CODES.items()) + (
         "\n\nenvironment:\n  NAS_PROGRESS=1|0  always / never draw progress bars (default: when stderr is a "
         "terminal;\n                    without bars every epoch logs one line)")
-    parser = argparse.ArgumentParser(prog="nas", description="NAS and structured pruning under a cost budget",
+    parser = _Parser(prog="nas", description="NAS and structured pruning under a cost budget",
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nas-common {__version__}")
     _verbosity_args(parser, 0)

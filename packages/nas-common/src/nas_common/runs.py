@@ -379,8 +379,7 @@ class Run:
         checkpoints/epoch-NNNN.pt of the `keep` best epochs. `keep` 0 or metric None: none."""
         if mode not in ("max", "min"):
             raise ConfigError(f"track_best mode must be 'max' or 'min', got {mode!r}")
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
-            raise ConfigError(f"keep must be an integer >= 0 (the best checkpoints to keep), got {keep!r}")
+        check_keep(keep)
         self._best_metric = canonical_metric(metric, self.kind) if metric else None
         self._best_mode = mode
         self._keep = keep
@@ -615,6 +614,13 @@ class Run:
         state = _load_legacy(self.checkpoint_path, map_location)
         set_rng_state(state["rng"])
         return state
+
+
+def check_keep(keep: object) -> int:
+    """`keep` (how many best checkpoints to keep, --keep-best) as an integer >= 0, or a ConfigError."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ConfigError(f"keep must be an integer >= 0 (the best checkpoints to keep, --keep-best), got {keep!r}")
+    return keep
 
 
 def check_output_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:

@@ -31,7 +31,7 @@ from .costs import count_costs, measure_cost
 from .errors import ConfigError, RunError
 from .methods import SearchMethod, SearchResult, Task
 from .registry import get_method, list_methods, method_version
-from .runs import Run, provenance, seed_everything
+from .runs import Run, check_keep, provenance, seed_everything
 
 
 def _method_class(method: Any) -> type[SearchMethod]:
@@ -69,6 +69,7 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
     if not isinstance(task, Task):
         hint = " (wrap it: Task(dataset=ds))" if type(task).__name__ == "Dataset" else ""
         raise ConfigError(f"run_search takes a Task, got {type(task).__name__}{hint}")
+    check_keep(keep_best)
     check_record_file(config_file, kind="search", method=cls.name)
     config = resolve_config(cls.config_cls, preset=preset, file=config_file, overrides=overrides)
     ctx = task.context  # joins the process group when launched by torchrun

@@ -102,7 +102,10 @@ def arch_costs_meta(arch: Any, input_shape: Sequence[int] | None = None) -> dict
         return {"macs": float(count_macs(model, shape, device="meta")), "params": float(count_params(model))}
     except NASError:
         raise
-    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+        if "overflow" in str(e):  # a tensor of more than 2**63 bytes: it cannot exist on any device
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"the {arch.space} network is too large to build ({first}): check its widths") from None
         # a network whose build or forward reads values (data-dependent shapes): count it for real
         model = arch.build()
         return {"macs": float(count_macs(model, shape)), "params": float(count_params(model))}

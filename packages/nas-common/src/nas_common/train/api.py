@@ -25,7 +25,7 @@ from ..data import Dataset, get_dataset
 from ..device import resolve_device
 from ..errors import ArchFileError, ConfigError, DataError, RunError
 from ..registry import ARCHS
-from ..runs import Run, load_model, seed_everything
+from ..runs import Run, check_keep, load_model, seed_everything
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -100,6 +100,9 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
     from ..costs import check_fits
 
     check_seed(seed)
+    check_keep(keep_best)
+    if str(out).strip() == "":
+        raise RunError("--out is empty: name the run directory to write (e.g. --out runs/train1)")
     if not isinstance(arch, (str, Path, Arch)):
         raise ConfigError(f"train_arch takes an Arch, an arch.json path or a built-in name, got {type(arch).__name__}")
     if not isinstance(dataset, (str, Dataset)):
