@@ -127,8 +127,16 @@ def atomic_link(src: str | Path, dst: str | Path) -> Path:
 def append_line(path: str | Path, line: str) -> None:
     """Append one line (a metrics.jsonl record) and flush it: a kill loses at most that line, which
     readers skip when it is incomplete."""
+    text = line.rstrip("\n") + "\n"
+    try:
+        with open(path, "rb") as f:  # a line cut short by a kill stays a line of its own (readers skip it)
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+    except (FileNotFoundError, OSError):  # no file yet, or an empty one
+        pass
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+        f.write(text)
         f.flush()
 
 

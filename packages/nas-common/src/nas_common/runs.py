@@ -259,8 +259,11 @@ class Run:
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             if config is not None:
                 atomic_write_text(p / "config.toml", to_toml(config))
+        run = cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
+        if resume and not run.checkpoint_path.exists():
+            run._trim_metrics(0)  # killed before its first checkpoint: it starts again, so do its metrics
         dist.barrier()
-        return cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
+        return run
 
     @classmethod
     def open(cls, path: str | Path, *, method: str | None = None, task: Task | None = None,
