@@ -219,7 +219,7 @@ class BSNCNFSpace(BSNSpace):
 
 
 for _space in (BSNResNetSpace(), BSNResCNFSpace(), BSNCNFSpace()):
-    if _space.name not in SPACES._items:  # re-importing (reload) must not register twice
+    if not SPACES.registered(_space.name):
         SPACES.register(_space.name, _space)
 
 #: the paper's training recipe (the official code's, for the weights): what `nas train ARCH --preset bsn`
@@ -227,5 +227,5 @@ for _space in (BSNResNetSpace(), BSNResCNFSpace(), BSNCNFSpace()):
 #: official adjust_lr), momentum 0.9 without Nesterov, wd 1e-4, 300 epochs, batch 64, crop + flip
 TRAIN_RECIPE = {"epochs": 300, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": False,
                 "weight_decay": 1e-4, "schedule": "step", "milestones": (151, 226), "gamma": 0.1, "augment": True}
-if "bsn" not in TRAIN_PRESETS._items:
+if not TRAIN_PRESETS.registered("bsn"):
     register_train_preset("bsn", TRAIN_RECIPE)
