@@ -96,7 +96,7 @@ def count_paper_flops(model: nn.Module, input_shape: Sequence[int], device: torc
     return float(count_macs(model, shape, device=device) + count_additions(model, shape, device=device))
 
 
-if PAPER_COST not in COSTS._items:  # importing twice (reload) must not register twice
+if not COSTS.registered(PAPER_COST):  # importing twice (reload) must not register twice
     register_cost(CostInfo(PAPER_COST, "FLOPs", "BSN's FLOPs: conv/linear MACs plus the additions (the paper's count)",
                            lambda model, shape, arg, device: count_paper_flops(model, shape, device)))
 

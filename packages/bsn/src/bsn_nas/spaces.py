@@ -155,5 +155,5 @@ class BSNCNFSpace(BSNSpace):
 
 
 for _space in (BSNResNetSpace(), BSNResCNFSpace(), BSNCNFSpace()):
-    if _space.name not in SPACES:
+    if not SPACES.registered(_space.name):
         SPACES.register(_space.name, _space)

@@ -215,7 +215,7 @@ SPACES_BY_NAME = {
 }
 
 for _name, _space in SPACES_BY_NAME.items():
-    if _name not in SPACES._items:  # importing twice (entry point + direct import) must not raise
+    if not SPACES.registered(_name):  # importing twice (entry point + direct import) must not raise
         SPACES.register(_name, _space)
 
 
