@@ -163,10 +163,7 @@ class TASSearch(SearchMethod):
             metrics = {"train/loss": vals[0], "train/top1": vals[1], "valid/loss": vals[2], "valid/top1": vals[3],
                        "train/lr": lr, "search/flop_loss": vals[4], "search/expected_macs": float(e_macs),
                        "search/argmax_macs": float(cur), "search/target_macs": target, "search/tau": tau}
-            run.log(epoch + 1, **metrics)
-            log.info("tas epoch %d/%d: train loss %.3f top1 %.3f, valid loss %.3f top1 %.3f, expected MACs %.4g, "
-                     "argmax %.4g (target %.4g), tau %.3g", epoch + 1, config.epochs, vals[0], vals[1], vals[2],
-                     vals[3], float(e_macs), float(cur), target, tau)
+            run.log(epoch + 1, **metrics)  # also the epoch's one log line (rank 0)
             run.save_state(epoch + 1, **components, extra={"tracked": step.tracked_state(), "held_out": held_out})
 
         layout = model.layout()
