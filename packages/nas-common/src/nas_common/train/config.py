@@ -2,7 +2,6 @@
 
     paper       the generic CIFAR ResNet recipe: SGD 0.1 Nesterov, momentum 0.9, wd 5e-4, cosine to 0,
                 batch 128, 300 epochs (the TAS retraining recipe without warm-up, at batch 128)
-    tas         TAS's retraining recipe: as `paper` with batch 256 and 5 warm-up epochs
     darts-eval  the DARTS evaluation recipe: 600 epochs, batch 96, SGD 0.025 momentum 0.9 wd 3e-4,
                 cosine to 0, cutout 16, drop path 0.2 (ramped linearly), auxiliary weight 0.4, grad clip 5
     tiny        a few CPU minutes: 2 epochs, batch 64
@@ -26,7 +25,10 @@ TRAIN_PRESETS: Registry[dict[str, Any]] = Registry("training preset", entry_poin
 
 
 def register_train_preset(name: str, values: Mapping[str, Any]) -> None:
-    """Add a named training recipe (TrainConfig values over the defaults); a duplicate name raises."""
+    """Add a named training recipe (TrainConfig values over the defaults); a duplicate name, or the
+    name of a built-in recipe, raises."""
+    if name in _BUILTIN:
+        raise ValueError(f"training preset {name!r} is built into nas_common; register yours under another name")
     TRAIN_PRESETS.register(name, dict(values))
 
 
@@ -121,7 +123,6 @@ class TrainConfig(Config):
 
 _BUILTIN: dict[str, dict[str, Any]] = {
     "paper": {},
-    "tas": {"epochs": 300, "batch_size": 256, "warmup_epochs": 5},
     "darts-eval": {
         "epochs": 600, "batch_size": 96, "lr": 0.025, "momentum": 0.9, "nesterov": False,
         "weight_decay": 3e-4, "schedule": "cosine", "lr_min": 0.0, "cutout": 16, "drop_path": 0.2,
