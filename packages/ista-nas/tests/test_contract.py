@@ -48,8 +48,8 @@ REFUSALS = {
                                               "training part of cifar10-mini holds 2330 images, fewer than one batch"),
     "a one-stage batch larger than the data": (["--mode", "one-stage", "-o", "one_stage.batch_size=5000"],
                                                "holds 4660 images, fewer than one batch of 5000"),
-    "a size guard below every architecture": (["--mode", "one-stage", "-o", "one_stage.max_params=1e5"],
-                                              "one_stage.max_params=100000 rejects every architecture"),
+    "a size guard below every architecture": (["--mode", "one-stage", "-o", "one_stage.max_params=5e4"],
+                                              "one_stage.max_params=50000 rejects every architecture"),
     "an unknown mode": (["--mode", "three-stage"], "mode"),
 }
 
