@@ -1,18 +1,31 @@
-"""NAT benchmarks (issue 8).
+"""NAT benchmarks: the learned policy against the paper's baselines, on one supernet.
 
-1. Search time of the `tiny` preset on cifar10-mini (target: under 10 minutes on a CPU), with the input
-   and output costs of the transformed architecture:
+1. The ablation (default): per seed, a NAT search (`--preset`, GCN policy) trains the supernet and the
+   policy; on that search's supernet the paper's baselines transform the same input with the same
+   number of samples: `random` (random transforms, the paper's random search), `max-gcn` (the GCN's most
+   probable transform, one candidate) and `lstm` (an LSTM policy trained in its own search, whose
+   supernet is bit for bit the GCN search's, asserted on the CPU: the w steps never read the policy).
+   Each method's best sampled transform (the input itself excluded) is scored under the shared weights
+   on the held-out split the search selects on and on the test split, which no search has seen;
+   transformed cells never cost more than the input (asserted on the built networks).
 
-       python packages/nat/benchmarks/bench_nat.py [--preset tiny] [--input-arch darts-v2] [--out runs/bench_nat]
+       python packages/nat/benchmarks/bench_nat.py [--seeds 5] [--preset tiny] [--input-arch darts-v2]
+           [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [-s KEY=VALUE ...]
 
-2. `--retrain`: the transformed architecture against its input, each retrained from scratch with one
-   shared recipe on several seeds (mean and std of the test accuracy; MACs and params):
+   Tables: per method, mean ± std over seeds (and the seed count) of those accuracies, the costs and
+   the search time; the learned policy minus random, paired by seed; the first seed's search log
+   (the supernet's accuracy against chance, the policy's keep probability and how far it moved).
+   The NAT search's wall time is checked against `--limit-min` (10 minutes).
 
-       python packages/nat/benchmarks/bench_nat.py --retrain --search-dir runs/bench_nat/search [--seeds 5]
+2. `--costs`: the official code's published NAT outputs (registered by `nat_nas.archs`) against
+   their inputs, MACs and params counted on DARTS' CIFAR-10 network.
+
+3. `--retrain --search-dir DIR`: the transformed architecture of a finished search against its input,
+   each retrained from scratch with one shared recipe on several seeds (test accuracy mean ± std):
+
+       python packages/nat/benchmarks/bench_nat.py --retrain --search-dir runs/bench_nat/s0/nat [--seeds 5]
            [--train-preset darts-eval] [-o epochs=600] [--net-C 36 --net-layers 20]
 
-   Without --search-dir it searches first (with --preset). The paper's recipe (DARTS evaluation,
-   600 epochs, C 36, 20 cells, on CIFAR-10) is a GPU-days job; on a CPU use a small net and few epochs.
 Every number printed is measured here; the device and thread count are in the tables. On a shared
 machine the wall time depends on the load: the CPU time (process time, all threads) is printed too.
 """
@@ -22,6 +35,7 @@ import argparse
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,37 +48,149 @@ from nas_common.device import resolve_device
 from nas_common.methods import Task
 from nas_common.runs import device_name
 from nas_common.search import run_search
+from nat_nas import NATSearch
+from nat_nas.search import POLICY_FILE, log_line
+
+METHODS = ("nat", "random", "max-gcn", "lstm")
+#: per method: the overrides of its run, given the NAT search's directory (None: it is that search)
+RUNS: dict[str, Any] = {
+    "nat": None,
+    "random": lambda nat_dir: {"policy": str(nat_dir), "policy_type": "random"},
+    "max-gcn": lambda nat_dir: {"policy": str(nat_dir), "inference": "greedy"},
+    "lstm": lambda nat_dir: {"policy_type": "lstm"},
+}
 
 
-def search(args: argparse.Namespace, out: Path) -> tuple[Arch, dict[str, Any], float]:
+def mean_std(xs: list[float]) -> str:
+    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.4f} ± {std:.4f}"
+
+
+def _supernet(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / POLICY_FILE, map_location="cpu", weights_only=False)["supernet"]
+
+
+def _check_same_supernet(a: Path, b: Path, device: torch.device) -> float:
+    sa, sb = _supernet(a), _supernet(b)
+    diff = max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
+    if diff > 0:
+        msg = f"the supernets of {a} and {b} differ (max abs {diff:.3g})"
+        if device.type == "cpu":
+            raise AssertionError(msg + ": the w steps must not depend on the policy")
+        warnings.warn(msg + " (nondeterministic kernels on this device)", stacklevel=2)
+    return diff
+
+
+def _assert_not_costlier(arch: Arch, inp: Arch, what: str) -> None:
+    for k in ("macs", "params"):
+        if arch.costs[k] > inp.costs[k]:
+            raise AssertionError(f"{what} costs more {k} than its input: {arch.costs[k]:.6g} > {inp.costs[k]:.6g}")
+
+
+def ablation(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
     ds = get_dataset(args.dataset)
-    task = Task(dataset=ds, device=resolve_device(args.device), seed=args.seed)
-    overrides = [f"input_arch={args.input_arch}", *args.search_override]
-    t0, c0 = time.perf_counter(), time.process_time()
-    result, arch = run_search("nat", task, out=out, preset=args.preset, overrides=overrides, overwrite=True,
-                              progress=False)
-    metrics = {**result.metrics, "cpu_s": time.process_time() - c0}
-    return arch, metrics, time.perf_counter() - t0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or "nat" not in methods:
+        raise SystemExit(f"--methods: give nat and any of {', '.join(METHODS[1:])} (unknown: {unknown})")
+    out = Path(args.out)
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    first_log: list[dict[str, Any]] = []
+    for seed in range(args.seeds):
+        task = Task(dataset=ds, device=device, seed=seed)
+        nat_dir = out / f"s{seed}" / "nat"
+        for method in methods:
+            run_dir = out / f"s{seed}" / method
+            overrides = [f"input_arch={args.input_arch}", *args.search_override]
+            if RUNS[method] is not None:
+                overrides += [f"{k}={v}" for k, v in RUNS[method](nat_dir).items()]
+            t0, c0 = time.perf_counter(), time.process_time()
+            result, arch = run_search("nat", task, out=run_dir, preset=args.preset, overrides=overrides,
+                                      overwrite=True, progress=False)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if method == "lstm":
+                _check_same_supernet(nat_dir, run_dir, device)
+            st = result.state
+            inp = Arch("darts", st["input_spec"], st["net"]).with_costs()
+            best = Arch("darts", st["best_transform_spec"], st["net"]).with_costs()
+            _assert_not_costlier(best, inp, f"{method} seed {seed}'s best transform")
+            _assert_not_costlier(arch, inp, f"{method} seed {seed}'s output")
+            test_best, test_input, test_out = NATSearch().score_archs(nat_dir, task, [best, inp, arch])
+            rows[method].append({
+                "seed": seed, "samples": len(st["candidates"]), "heldout_best": result.metrics["best_transform_acc"],
+                "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
+                "test_output": test_out, "chosen_is_input": st["chosen_is_input"], "macs": best.costs["macs"],
+                "params": best.costs["params"], "input_macs": inp.costs["macs"],
+                "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
+            })
+            print(f"seed {seed} {method:8s} held-out best transform {result.metrics['best_transform_acc']:.4f} "
+                  f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
+                  f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
+            if seed == 0 and method == "nat":
+                lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "w_loss" in m]
+            with open(out / "records.jsonl", "a") as f:
+                f.write(json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
+                                    "overrides": overrides, "device": device_name(device)}) + "\n")
+    report(args, rows, first_log, ds.num_classes, device)
 
 
-def search_table(args: argparse.Namespace, arch: Arch, metrics: dict[str, Any], seconds: float) -> str:
-    dev = resolve_device(args.device)
-    c = arch.costs
-    row = [args.preset, args.dataset, args.input_arch, device_name(dev), torch.get_num_threads(),
-           f"{seconds / 60:.2f}", f"{metrics['cpu_s'] / 60:.2f}",
-           f"{c['input_macs'] / 1e6:.1f}", f"{c['macs'] / 1e6:.1f}",
-           f"{c['input_params'] / 1e6:.3f}", f"{c['params'] / 1e6:.3f}",
-           f"{metrics.get('input_acc', float('nan')):.3f}", f"{metrics.get('best_acc', float('nan')):.3f}"]
-    head = ["preset", "dataset", "input", "device", "threads", "wall min", "CPU min", "MACs in (M)", "MACs out (M)",
-            "params in (M)", "params out (M)", "held-out acc in", "held-out acc out"]
-    return markdown_table(head, [row]) + "\n\n" + f"transformed: {arch.describe()}"
+def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], first_log: list[dict[str, Any]],
+           num_classes: int, device: torch.device) -> None:
+    labels = {"nat": "NAT (GCN, sampled)", "random": "random transforms", "max-gcn": "Maximum-GCN",
+              "lstm": "LSTM policy"}
+    table = []
+    for method, rs in rows.items():
+        table.append([labels[method], len(rs), rs[0]["samples"], mean_std([r["heldout_best"] for r in rs]),
+                      mean_std([r["test_best"] for r in rs]), f"{statistics.mean(r['macs'] for r in rs) / 1e6:.1f}",
+                      f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f}",
+                      f"{statistics.mean(r['wall_s'] for r in rs) / 60:.2f}",
+                      f"{statistics.mean(r['cpu_s'] for r in rs) / 60:.2f}"])
+    nat = rows["nat"]
+    table.append([f"{args.input_arch} (input)", len(nat), "-", mean_std([r["heldout_input"] for r in nat]),
+                  mean_std([r["test_input"] for r in nat]), f"{nat[0]['input_macs'] / 1e6:.1f}",
+                  f"{nat[0]['input_params'] / 1e6:.3f}", "-", "-"])
+    print(f"\n### Best transform of {args.input_arch}: {args.preset} preset, {args.dataset}, "
+          f"{device_name(device)}, {torch.get_num_threads()} threads\n")
+    print(markdown_table(["method", "seeds", "samples", "held-out acc (selection split)", "test-split acc",
+                          "MACs (M)", "params (M)", "wall min", "CPU min"], table))
+    print("\nAccuracies under the NAT search's shared weights (BN with batch statistics); MACs and params of "
+          "the best transform on the derived network; every transform costs no more than the input (asserted).")
+    if "random" in rows:
+        diff = [a["test_best"] - b["test_best"] for a, b in zip(nat, rows["random"], strict=True)]
+        dh = [a["heldout_best"] - b["heldout_best"] for a, b in zip(nat, rows["random"], strict=True)]
+        wins = sum(d > 0 for d in diff)
+        print(f"\nNAT minus random, paired by seed: test {mean_std(diff)}, held-out {mean_std(dh)}; "
+              f"NAT ahead on the test split in {wins} of {len(diff)} seeds.")
+    slow = [r for r in nat if r["wall_s"] > args.limit_min * 60]
+    print(f"\nNAT search wall time: max {max(r['wall_s'] for r in nat) / 60:.2f} min "
+          f"({'over' if slow else 'within'} the {args.limit_min:g}-minute target"
+          f"{f' on {len(slow)} seeds' if slow else ''}).")
+    if first_log:
+        print("\n### Search log of seed 0\n")
+        for m in first_log:
+            print(log_line(m["step"], len(first_log), m, num_classes))
 
 
-def retrain(args: argparse.Namespace, found: Arch, out: Path) -> str:
-    """Retrain the input and/or the transformed arch on `--seeds` seeds; the table covers every record in
+def costs_table() -> None:
+    from nat_nas.archs import published_costs
+
+    rows = [[r["output"], r["input"], f"{r['input_macs'] / 1e6:.1f}", f"{r['macs'] / 1e6:.1f}",
+             f"{r['input_params'] / 1e6:.3f}", f"{r['params'] / 1e6:.3f}",
+             "no" if r["macs"] > r["input_macs"] or r["params"] > r["input_params"] else "yes"]
+            for r in published_costs()]
+    print(markdown_table(["published output", "input", "MACs in (M)", "MACs out (M)", "params in (M)",
+                          "params out (M)", "never costlier"], rows))
+    print("\nCounted on DARTS' CIFAR-10 network (C 36, 20 cells, auxiliary head), nas_common's darts space.")
+
+
+def retrain(args: argparse.Namespace) -> None:
+    """Retrain the input and the transformed arch on `--seeds` seeds; the table covers every record in
     OUT/records.jsonl made with the same recipe (so the two archs may be trained by separate processes)."""
     from nas_common.train import train_arch
 
+    found = load_arch(Path(args.search_dir) / "arch.json")
     net = dict(found.net)
     if args.net_C:
         net["C"] = args.net_C
@@ -73,10 +199,12 @@ def retrain(args: argparse.Namespace, found: Arch, out: Path) -> str:
     spec_in = found.provenance.get("input_spec")
     if spec_in is None:
         raise SystemExit("the arch has no provenance.input_spec: give the --search-dir of a NAT search")
+    name_in = found.provenance.get("input_arch", "input")
     archs = {"input": Arch("darts", spec_in, net).with_costs(), "NAT": Arch("darts", found.spec, net).with_costs()}
     recipe = (f"{args.train_preset} {' '.join(args.train_override)}".strip() + f"; net C {net['C']}, "
               f"{net['layers']} cells; {args.dataset}")
     ds = get_dataset(args.dataset)
+    out = Path(args.out) / "retrain"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     for name in args.archs.split(","):
@@ -99,14 +227,11 @@ def retrain(args: argparse.Namespace, found: Arch, out: Path) -> str:
         if not mine:
             continue
         accs = [r["test_top1"] for r in mine]
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        rows.append([f"{args.input_arch} ({name})", f"{arch.costs['macs'] / 1e6:.1f}",
-                     f"{arch.costs['params'] / 1e6:.3f}", len(accs), f"{statistics.mean(accs):.4f} ± {std:.4f}",
-                     f"{statistics.mean(r['seconds'] for r in mine) / 60:.1f}", mine[0]["device"],
-                     mine[0]["threads"]])
-    head = ["arch", "MACs (M)", "params (M)", "seeds", "test top-1 mean ± std", "wall min / run", "device",
-            "threads"]
-    return markdown_table(head, rows) + "\n\n" + f"recipe: {recipe}"
+        rows.append([f"{name_in} ({name})", f"{arch.costs['macs'] / 1e6:.1f}", f"{arch.costs['params'] / 1e6:.3f}",
+                     len(accs), mean_std(accs), f"{statistics.mean(r['seconds'] for r in mine) / 60:.1f}",
+                     mine[0]["device"], mine[0]["threads"]])
+    print(markdown_table(["arch", "MACs (M)", "params (M)", "seeds", "test top-1 mean ± std", "wall min / run",
+                          "device", "threads"], rows) + "\n\n" + f"recipe: {recipe}")
 
 
 def main() -> None:
@@ -114,14 +239,16 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--dataset", default="cifar10-mini")
     ap.add_argument("--input-arch", default="darts-v2")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--methods", default=",".join(METHODS), help="nat and any of random, max-gcn, lstm")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="runs/bench_nat")
+    ap.add_argument("--limit-min", type=float, default=10.0, help="target wall time of one NAT search")
     ap.add_argument("-s", "--search-override", action="append", default=[], metavar="KEY=VALUE",
-                    help="NAT config override for the search (repeatable)")
+                    help="NAT config override for every search (repeatable), e.g. -s epochs=1")
+    ap.add_argument("--costs", action="store_true", help="the published NAT outputs' costs against their inputs")
     ap.add_argument("--retrain", action="store_true", help="retrain the input and the transformed arch")
-    ap.add_argument("--search-dir", default=None, help="a finished NAT search to retrain (skips the search)")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--search-dir", default=None, help="the finished NAT search to retrain")
     ap.add_argument("--archs", default="input,NAT", help="which to retrain: input, NAT or input,NAT")
     ap.add_argument("--train-preset", default="darts-eval")
     ap.add_argument("-o", "--train-override", action="append", default=[], metavar="KEY=VALUE",
@@ -129,18 +256,15 @@ def main() -> None:
     ap.add_argument("--net-C", type=int, default=0, help="retrain with this C (0: the arch's)")
     ap.add_argument("--net-layers", type=int, default=0, help="retrain with this many cells (0: the arch's)")
     args = ap.parse_args()
-    out = Path(args.out)
-    if args.search_dir:
-        found = load_arch(Path(args.search_dir) / "arch.json")
-        args.input_arch = found.provenance.get("input_arch", args.input_arch)
+    if args.costs:
+        costs_table()
+    elif args.retrain:
+        if not args.search_dir:
+            raise SystemExit("--retrain needs --search-dir (a finished NAT search, e.g. runs/bench_nat/s0/nat)")
+        retrain(args)
     else:
-        found, metrics, seconds = search(args, out / "search")
-        print("### NAT search\n")
-        print(search_table(args, found, metrics, seconds))
-        print()
-    if args.retrain:
-        print("### Retrained from scratch (shared recipe)\n")
-        print(retrain(args, found, out / "retrain"))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        ablation(args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The GCN policy: masks give zero probability, the GCN is permutation-equivariant, REINFORCE pieces."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas.cells import NULL_OP, Cell, CellPair, random_cell
-from nat_nas.policy import GCN, NATPolicy, normalized_adjacency
+from nat_nas.policy import GCN, NATPolicy, build_policy, normalized_adjacency
 from nat_nas.transitions import KEEP, NULL, SKIP, transition_mask
 
 OPS = [NULL_OP, "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
@@ -110,3 +111,46 @@ def test_policy_gradient_moves_probability_toward_rewarded_action() -> None:
         opt.step()
     after = policy.distribution([cell], mask)[0, :, SKIP].mean().item()
     assert after > before + 0.1
+
+
+@pytest.mark.parametrize("kind", ["gcn", "lstm", "random"])
+def test_every_policy_masks_and_samples_by_its_probabilities(kind: str) -> None:
+    """Masked actions never come out; sampled frequencies match the (masked) softmax (Gumbel-max)."""
+    torch.manual_seed(0)
+    policy = build_policy(kind, OPS, embed=8, features=16, hidden=12, nodes=6)
+    cell = Cell(("sep_conv_3x3", "skip_connect", NULL_OP, "max_pool_3x3", "conv_3x3", "dil_conv_3x3",
+                 "skip_connect", "avg_pool_3x3"), (0, 1, 0, 2, 3, 1, 4, 0))
+    mask = transition_mask(cell, reduction=False).unsqueeze(0)
+    probs = policy.distribution([cell], mask)[0]
+    assert torch.all(probs[~mask[0]] == 0)
+    if kind == "random":  # uniform over each edge's allowed actions
+        torch.testing.assert_close(probs, mask[0].float() / mask[0].sum(-1, keepdim=True))
+    ops, inputs = policy.encode([cell] * 4000)
+    g = torch.Generator().manual_seed(1)
+    out = policy.act(ops, inputs, mask.expand(4000, -1, -1), generator=g)
+    assert torch.all(mask[0].gather(-1, out.actions.t()).t() | ~mask[0].any(-1))
+    freq = torch.nn.functional.one_hot(out.actions, 3).float().mean(0)
+    torch.testing.assert_close(freq, probs.detach(), atol=0.03, rtol=0)
+    greedy = policy.act(ops[:1], inputs[:1], mask, greedy=True)
+    assert torch.equal(greedy.actions[0], probs.argmax(-1))
+    assert policy.trainable == (kind != "random")
+
+
+def test_lstm_policy_reads_the_ops_and_the_wiring() -> None:
+    torch.manual_seed(0)
+    policy = build_policy("lstm", OPS, embed=8, hidden=12, nodes=6)
+    cell = Cell(("sep_conv_3x3",) * 8, (0, 1, 0, 1, 0, 1, 0, 1))
+    base = policy.logits(*policy.encode([cell]))
+    other_op = policy.logits(*policy.encode([cell.with_ops(("conv_3x3",) + cell.ops[1:])]))
+    rewired = policy.logits(*policy.encode([Cell(cell.ops, (0, 1, 0, 1, 0, 1, 0, 4))]))
+    assert not torch.allclose(base, other_op) and not torch.allclose(base, rewired)
+
+
+def test_policy_gradient_entropy_is_finite_with_masked_actions() -> None:
+    """0 * log 0 must not poison the gradient of the entropy bonus (masked logits are -inf)."""
+    policy = _policy()
+    cell = Cell(("skip_connect", NULL_OP) * 4, (0, 1, 0, 1, 0, 1, 0, 1))
+    mask = transition_mask(cell, reduction=False).unsqueeze(0)
+    out = policy([cell], mask)
+    (out.log_prob.sum() + out.entropy.sum()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)

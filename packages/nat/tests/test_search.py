@@ -16,12 +16,13 @@ from nas_common.search import run_search
 from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas import NATConfig, NATSearch
+from nat_nas.archs import cell_spec
 from nat_nas.cells import CellPair
 from nat_nas.search import POLICY_FILE, EdgeCosts, cell_positions, reinforce_step, resolve_input_arch
 from nat_nas.transitions import is_reachable
 
 MICRO = {"C": 4, "layers": 3, "epochs": 2, "batch_size": 16, "policy_embed": 8, "policy_features": 16,
-         "policy_hidden": 8, "num_samples": 3, "eval_batch_size": 32, "net_C": 4, "net_layers": 3}
+         "policy_hidden": 8, "num_samples": 3, "eval_batch_size": 32, "net_C": 4, "net_layers": 3, "warmup_epochs": 0}
 
 
 def _task() -> Task:
@@ -53,12 +54,48 @@ def test_paper_preset_values() -> None:
         (0.4, 100, 3e-4, (0.5, 0.999), 5e-4)
     assert (cfg.entropy_normal, cfg.entropy_reduce, cfg.baseline_decay, cfg.num_samples) == (0.003, 0.003, 0.99, 10)
     assert cfg.input_arch == "darts-v2" and "conv_3x3" in cfg.ops and (cfg.net_C, cfg.net_layers) == (36, 20)
+    # the training rule of the official code (w on the sampled inputs only), its batch-statistics scoring,
+    # one batch per reward, no warm-up, the paper's transition rules and final rule (best of the samples)
+    assert (cfg.train_on_transforms, cfg.score_bn, cfg.reward_batches, cfg.warmup_epochs) == (False, "batch", 1, 0)
+    assert (cfg.transition_rules, cfg.policy_type, cfg.inference, cfg.input_as_candidate) == \
+        ("paper", "gcn", "sample", False)
+    assert (cfg.net_stem, cfg.net_input_size, cfg.net_num_classes) == ("cifar", 0, 0)
+
+
+def test_tiny_and_imagenet_presets() -> None:
+    tiny = resolve_config(NATConfig, "tiny")
+    assert tiny.warmup_epochs > 0 and tiny.reward_batches > 1 and tiny.input_as_candidate
+    assert tiny.epochs > tiny.warmup_epochs  # some epochs train the policy
+    net = resolve_config(NATConfig, "imagenet")
+    assert (net.net_C, net.net_layers, net.net_stem, net.net_input_size, net.net_num_classes) == \
+        (48, 14, "imagenet", 224, 1000)
+    assert net.epochs == 100 and net.C == 20  # the search itself is the paper's
+
+
+def test_unknown_policy_type_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="gcn, lstm, random"):
+        resolve_config(NATConfig, "tiny", overrides={"policy_type": "transformer"})
 
 
 def test_cell_positions_follow_the_darts_layout() -> None:
     assert cell_positions(36, 20, 32, reduction=True) == [(72, 32), (144, 16)]
     assert cell_positions(36, 20, 32, reduction=False) == [(36, 32), (72, 16), (144, 8)]
     assert len(EdgeCosts(36, 20, 32, True)("sep_conv_3x3", 2)) == 4
+    # DARTS' ImageNet network: the stems take 224 px to 28 before the first cell
+    assert cell_positions(48, 14, 224, reduction=False, stem="imagenet") == [(48, 28), (96, 14), (192, 7)]
+    assert cell_positions(48, 14, 224, reduction=True, stem="imagenet") == [(96, 28), (192, 14)]
+
+
+def test_imagenet_network_for_derive_and_retraining(tmp_path: Path) -> None:
+    """The ImageNet layout (stems, C, cells, image size, classes) on the derived arch; small sizes here."""
+    cfg = {**MICRO, "epochs": 0, "net_stem": "imagenet", "net_input_size": 64, "net_num_classes": 1000}
+    _, arch = run_search("nat", _task(), out=tmp_path / "inet", preset="tiny", overrides=cfg, progress=False)
+    assert arch.net["stem"] == "imagenet" and arch.net["input"] == [3, 64, 64] and arch.net["num_classes"] == 1000
+    model = arch.build().eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    counted = count_costs(model, (3, 64, 64))
+    assert counted["macs"] == arch.costs["macs"] <= arch.costs["input_macs"]
+    assert counted["params"] == arch.costs["params"] <= arch.costs["input_params"]
 
 
 def test_input_arch_by_name_file_and_errors(tmp_path: Path) -> None:
@@ -91,7 +128,7 @@ def test_derive_records_both_costs_and_never_more(trained: tuple[Path, Arch]) ->
     assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
 
 
-@pytest.mark.parametrize("name", ["vgg-block", "resnet-block", "darts-v1"])
+@pytest.mark.parametrize("name", ["vgg-block", "resnet-block", "darts-v1", "random-r3"])
 def test_saved_policy_transforms_a_new_arch_without_training(trained: tuple[Path, Arch], tmp_path: Path,
                                                             name: str) -> None:
     run_dir, _ = trained
@@ -100,7 +137,7 @@ def test_saved_policy_transforms_a_new_arch_without_training(trained: tuple[Path
                               overrides={**MICRO, "policy": str(run_dir), "input_arch": name}, progress=False)
     assert not (out / "checkpoints").exists()  # no training happened
     assert result.metrics["policy_from"] == str(run_dir)
-    src = CellPair.from_spec(genotype_to_spec(GENOTYPES[name]))
+    src = CellPair.from_spec(cell_spec(name))
     dst = CellPair.from_spec(arch.spec)
     assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
     assert arch.costs["macs"] <= arch.costs["input_macs"] and arch.costs["params"] <= arch.costs["input_params"]
@@ -122,10 +159,6 @@ def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path,
                    overrides={**MICRO, "policy": str(tmp_path)}, progress=False)
 
 
-def test_method_protocol() -> None:
-    assert NATSearch.name == "nat" and NATSearch.config_cls is NATConfig
-
-
 @pytest.mark.slow
 def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,6 +177,15 @@ def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: P
     capsys.readouterr()
 
 
+def test_mobilenetv2_block_input_brings_its_1x1_convs_into_the_supernet(tmp_path: Path) -> None:
+    micro = {**MICRO, "epochs": 1, "input_arch": "mobilenetv2-block"}
+    result, arch = run_search("nat", _task(), out=tmp_path / "mb", preset="tiny", overrides=micro, progress=False)
+    src, dst = CellPair.from_spec(cell_spec("mobilenetv2-block")), CellPair.from_spec(arch.spec)
+    assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
+    assert arch.costs["macs"] <= arch.costs["input_macs"] and arch.costs["params"] <= arch.costs["input_params"]
+    assert "conv_1x1" in NATSearch()._load_policy(str(tmp_path / "mb"), _task(), torch.device("cpu")).primitives
+
+
 def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> None:
     """ENAS: 5 nodes per cell and a partial ("loose-end") reduce concat; the supernet follows the input."""
     micro = {**MICRO, "epochs": 1, "input_arch": "enas"}
@@ -155,7 +197,7 @@ def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> No
     assert arch.costs["params"] <= arch.costs["input_params"]
 
 
-@pytest.mark.parametrize("bn", ["running", "batch"])
+@pytest.mark.parametrize("bn", ["batch", "running"])
 def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
     from nas_common.spaces.darts import DartsSupernet
     from nat_nas.search import FULLY_CONCAT_OPS, scoring_mode

@@ -6,8 +6,8 @@ import torch
 
 from nas_common.arch import Arch
 from nas_common.costs import count_costs
-from nas_common.spaces.darts import genotype_to_spec
 from nas_common.spaces.darts_genotypes import GENOTYPES
+from nat_nas.archs import PUBLISHED, SPECS, cell_spec
 from nat_nas.cells import NULL_OP, Cell, CellPair, edge_kind, random_cell
 from nat_nas.policy import NATPolicy
 from nat_nas.search import FULLY_CONCAT_OPS, EdgeCosts
@@ -55,8 +55,12 @@ def test_official_bug_null_to_skip_is_unreachable() -> None:
     assert is_reachable(src, src.with_ops((NULL_OP, "skip_connect")), reduction=False)
 
 
+#: every built-in input: nas_common's genotypes and this package's cells (not the published outputs)
+BUILTIN_INPUTS = sorted(GENOTYPES) + [n for n in SPECS if n not in PUBLISHED]
+
+
 def _inputs() -> list[tuple[str, CellPair]]:
-    out = [(name, CellPair.from_spec(genotype_to_spec(g))) for name, g in sorted(GENOTYPES.items())]
+    out = [(name, CellPair.from_spec(cell_spec(name))) for name in BUILTIN_INPUTS]
     g = torch.Generator().manual_seed(0)
     ops = [*FULLY_CONCAT_OPS, NULL_OP]
     for k in range(4):
@@ -90,10 +94,10 @@ def test_every_sampled_transform_is_reachable_and_not_costlier(name: str, pair: 
     assert len(seen) > 1
 
 
-@pytest.mark.parametrize("name", sorted(GENOTYPES))
+@pytest.mark.parametrize("name", BUILTIN_INPUTS)
 def test_all_skip_and_all_null_extremes_are_not_costlier(name: str) -> None:
     """The cheapest and the 'most skip' reachable cells, built and counted."""
-    pair = CellPair.from_spec(genotype_to_spec(GENOTYPES[name]))
+    pair = CellPair.from_spec(cell_spec(name))
     costs = _costs()
     base = _counted(pair)
     for action in (SKIP, NULL, KEEP):
@@ -104,3 +108,93 @@ def test_all_skip_and_all_null_extremes_are_not_costlier(name: str) -> None:
             cells.append(apply_actions(cell, acts))
         got = _counted(CellPair(*cells))
         assert got["macs"] <= base["macs"] and got["params"] <= base["params"], (name, action, got, base)
+
+
+def test_prior_mask_table_equals_the_masks_of_prior_samples() -> None:
+    """The device-side lookup of the search step gives transition_mask's masks for the prior's cells."""
+    from nat_nas.cells import sample_prior
+    from nat_nas.search import _PriorMasks
+
+    costs = _costs()
+    vocab = [NULL_OP, *FULLY_CONCAT_OPS]
+    lookup = _PriorMasks(vocab, costs, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        ops, inputs = sample_prior(2, 4, len(FULLY_CONCAT_OPS), g)
+        got = lookup(ops + 1, inputs)
+        cells = [Cell(tuple(FULLY_CONCAT_OPS[k] for k in row), tuple(src)) for row, src in
+                 zip(ops.tolist(), inputs.tolist(), strict=True)]
+        want = torch.stack([transition_mask(cells[0], False, costs[0]), transition_mask(cells[1], True, costs[1])])
+        assert torch.equal(got, want)
+
+
+def test_sample_prior_matches_random_cell_s_distribution() -> None:
+    from nat_nas.cells import adjacency_from_inputs, sample_prior
+
+    g = torch.Generator().manual_seed(0)
+    ops, inputs = sample_prior(4000, 4, 8, g)
+    node = torch.arange(8) // 2 + 2
+    assert torch.all(inputs < node) and torch.all(inputs >= 0) and ops.max() == 7 and ops.min() == 0
+    # node 5 (edges 6, 7) reads each of its 5 predecessors with probability 1/5
+    freq = torch.bincount(inputs[:, 6:].flatten(), minlength=5).float() / inputs[:, 6:].numel()
+    torch.testing.assert_close(freq, torch.full((5,), 0.2), atol=0.02, rtol=0)
+    cell = Cell(tuple(FULLY_CONCAT_OPS[k] for k in ops[0].tolist()), tuple(inputs[0].tolist()))
+    torch.testing.assert_close(adjacency_from_inputs(inputs[:1])[0], cell.adjacency())
+
+
+def test_published_rules_allow_free_null_to_skip_only() -> None:
+    """N -> S where the built network gets no costlier: stride 1, reading a computed state, into a
+    computed node. Not at stride 2 (a FactorizedReduce), not reviving a dead node or an unread input."""
+    normal_costs, reduce_costs = _costs()
+    # node 2: conv(0) + null(1); node 3: conv(2) + skip(1); node 4: null(0) + null(1); node 5: conv(3) + null(4)
+    cell = Cell(("conv_3x3", NULL_OP, "conv_3x3", "skip_connect", NULL_OP, NULL_OP, "conv_3x3", NULL_OP),
+                (0, 1, 2, 1, 0, 1, 3, 4))
+    paper = transition_mask(cell, False, normal_costs, "paper")
+    pub = transition_mask(cell, False, normal_costs, "published")
+    assert not paper[:, SKIP][[1, 4, 5, 7]].any()
+    assert pub[1, SKIP]  # null from input 1 (read by node 3's skip) into node 2 (computed)
+    assert not pub[4, SKIP] and not pub[5, SKIP]  # node 4 is dead: a skip would revive it
+    assert not pub[7, SKIP]  # reads dead node 4
+    assert torch.equal(pub[:, [KEEP, NULL]], paper[:, [KEEP, NULL]])
+    red = transition_mask(cell, True, reduce_costs, "published")
+    assert not red[1, SKIP]  # stride 2: a FactorizedReduce costs more than nothing
+    # the hand-crafted blocks read only c_{k-1}: each null edge there leaves c_{k-2}, so none may become a skip
+    for name in ("vgg-block", "resnet-block", "mobilenetv2-block"):
+        pair = CellPair.from_spec(cell_spec(name))
+        assert torch.equal(transition_mask(pair.normal, False, normal_costs, "published"),
+                           transition_mask(pair.normal, False, normal_costs, "paper"))
+
+
+def _hand_made() -> list[tuple[str, CellPair]]:
+    g = torch.Generator().manual_seed(1)
+    ops = [*FULLY_CONCAT_OPS, NULL_OP, NULL_OP, NULL_OP]  # many null edges: room for null -> skip
+    out = [(f"nully{k}", CellPair(random_cell(g, ops), random_cell(g, ops))) for k in range(6)]
+    return out + [(n, CellPair.from_spec(cell_spec(n))) for n in ("mobilenetv2-block", "random-r2", "random-r4")]
+
+
+@pytest.mark.parametrize("name,pair", _hand_made(), ids=[n for n, _ in _hand_made()])
+def test_published_rules_never_cost_more_on_the_built_network(name: str, pair: CellPair) -> None:
+    """Every null -> skip the published rules allow at once, plus every other allowed skip: counted."""
+    costs = _costs()
+    base = _counted(pair)
+    for action in (SKIP, NULL):
+        cells = []
+        for cell, red, cost in ((pair.normal, False, costs[0]), (pair.reduce, True, costs[1])):
+            mask = transition_mask(cell, red, cost, "published")
+            cells.append(apply_actions(cell, torch.where(mask[:, action], action, KEEP)))
+        got = _counted(CellPair(*cells))
+        assert got["macs"] <= base["macs"] and got["params"] <= base["params"], (name, action, got, base)
+
+
+def test_published_outputs_of_the_hand_crafted_blocks_cost_more_here() -> None:
+    """The official NAT_VGG / NAT_ResBlock add skips from c_{k-2}, which their inputs never read, and
+    stride-2 skips: on nas_common's network (no preprocessing of an unread input) they cost more, so
+    neither rule set reaches them; NAT_DARTS's reduction cell turns stride-2 pools into FactorizedReduces."""
+    costs = _costs()
+    for out in ("nat-vgg-block", "nat-resnet-block", "nat-darts-v2"):
+        src, dst = CellPair.from_spec(cell_spec(PUBLISHED[out])), CellPair.from_spec(cell_spec(out))
+        for rules in ("paper", "published"):
+            assert not is_reachable(src.reduce, dst.reduce, True, costs[1], rules)
+    for out in ("nat-vgg-block", "nat-resnet-block"):
+        assert _counted(CellPair.from_spec(cell_spec(out)))["params"] > \
+            _counted(CellPair.from_spec(cell_spec(PUBLISHED[out])))["params"]

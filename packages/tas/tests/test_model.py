@@ -53,3 +53,23 @@ def test_eval_mode_uses_running_statistics() -> None:
     torch.manual_seed(1)
     b = model(x[:2], model.sample(1.0))
     torch.testing.assert_close(a[:2], b)  # no batch statistics in eval mode
+
+
+@pytest.mark.parametrize("mode", ["width", "depth"])
+def test_a_dimension_that_is_not_searched_stays_at_the_unpruned_network(mode: str) -> None:
+    torch.manual_seed(0)
+    width, depth = mode == "width", mode == "depth"
+    model = SearchResNet(base_spec("resnet20"), 10, (3, 16, 16), search_width=width, search_depth=depth,
+                         init_std=1.0)
+    assert model.arch_parameters() == ([model.width_logits] if width else [model.depth_logits])
+    idx, p, dw = model.sample(1.0)
+    full = base_spec("resnet20")
+    spec = model.derive_spec()
+    if width:  # TAS(W): every stage at full depth, in the forward and in the derived net
+        assert (dw == torch.nn.functional.one_hot(model.full_depth_index, dw.shape[1])).all()
+        assert spec["depths"] == full["depths"] and spec["widths"] != full["widths"]
+    else:  # TAS(D): every conv at full width
+        assert (idx[:, 0] == model.full_width_index).all() and (p[:, 0] == 1).all() and (p[:, 1:] == 0).all()
+        assert spec["widths"] == [w[: d] for w, d in zip(full["widths"], spec["depths"], strict=True)]
+        assert spec["depths"] != full["depths"]
+    assert model(torch.randn(2, 3, 16, 16), (idx, p, dw)).shape == (2, 10)

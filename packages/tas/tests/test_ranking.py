@@ -37,8 +37,9 @@ def _network(run_dir: Path) -> SearchResNet:
 
 
 def _indices(model: SearchResNet, spec: dict) -> tuple[list[int], list[int]]:
-    """The choice indices of a derived spec (widths of blocks the spec does not have: the full width)."""
-    widx = [len(c) - 1 for c in model.choices]
+    """The choice indices of a derived spec (blocks the spec does not have: the narrowest width, so that they
+    cannot widen TAS's depth aggregation of the blocks it has)."""
+    widx = [0] * len(model.choices)
     widx[0] = model.choices[0].index(spec["stem"])
     for _s, (vars_s, stage) in enumerate(zip(model.var_of, spec["widths"], strict=False)):
         for ids, widths in zip(vars_s, stage, strict=False):
@@ -87,7 +88,8 @@ def test_each_arch_is_what_derive_writes_and_costs_the_one_hot_expected_macs(run
 
 def test_score_is_the_searchable_network_at_that_one_hot_choice(run_dir: Path) -> None:
     """With the search's BN statistics kept, each score is the accuracy of the searchable network's forward at
-    the arch's hard choice (built here as two candidates with weights 1 and 0) on the architecture half."""
+    the arch's hard choice (built here as the chosen candidate with weight 1 and the narrowest with weight 0,
+    which leaves the active width at the chosen one) on the architecture half."""
     task = _task()
     pairs = TASSearch().sample_and_score(run_dir, task, 6, seed=0, bn_batches=0)
     model = _network(run_dir)
@@ -96,7 +98,7 @@ def test_score_is_the_searchable_network_at_that_one_hot_choice(run_dir: Path) -
     accs = set()
     for arch, score in pairs:
         widx, didx = _indices(model, arch.spec)
-        other = [(k + 1) % len(c) for k, c in zip(widx, model.choices, strict=False)]
+        other = [0] * len(widx)
         idx = torch.tensor([widx, other]).T
         p = torch.tensor([[1.0, 0.0]]).expand(len(widx), 2)
         dw = torch.nn.functional.one_hot(torch.tensor(didx), model.depth_logits.shape[1]).float()

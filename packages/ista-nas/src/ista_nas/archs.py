@@ -80,7 +80,7 @@ def _factory(name: str) -> Any:
 
 
 for _name in PUBLISHED:
-    if _name not in ARCHS._items:  # importing twice (reload) must not register twice
+    if not ARCHS.registered(_name):  # importing twice (reload) must not register twice
         register_arch(_name, _factory(_name))
 
 __all__ = ["ISTA_IMAGENET", "ISTA_ONE_STAGE", "ISTA_TWO_STAGE", "PUBLISHED", "published_arch"]

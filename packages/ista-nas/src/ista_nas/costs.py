@@ -68,7 +68,7 @@ def count_macs_ptflops(model: nn.Module, input_shape: Sequence[int], device: tor
     return int(count_macs(model, shape, device=device)) + _elementwise_ops(model, shape, device)
 
 
-if "macs-ptflops" not in COSTS._items:  # importing twice (reload) must not register twice
+if not COSTS.registered("macs-ptflops"):  # importing twice (reload) must not register twice
     register_cost(CostInfo(
         "macs-ptflops", "multiply-adds", "MACs plus BN, ReLU, pooling and bias elements (ptflops, as the "
         "DARTS-family ImageNet tables count)",

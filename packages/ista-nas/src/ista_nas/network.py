@@ -217,7 +217,7 @@ class DartsBNSpace(DartsSpace):
 
 
 DARTS_BN_SPACE = DartsBNSpace()
-if "darts-bn" not in SPACES._items:
+if not SPACES.registered("darts-bn"):
     SPACES.register("darts-bn", DARTS_BN_SPACE)
 
 

@@ -177,7 +177,7 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 
 
 def _register(name: str, factory: OpFactory) -> None:
-    if name not in OPS:
+    if not OPS.registered(name):
         OPS.register(name, factory)
 
 

@@ -55,6 +55,11 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def registered(self, name: str) -> bool:
+        """Whether `name` is registered in this process already, without loading plugins (for modules
+        that register at import and may be imported twice)."""
+        return name in self._items
+
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
 

@@ -6,8 +6,9 @@ edge carries an op name (a real op "O", `skip_connect` "S", or the null op "N").
 genotype form (`[[op, input], ...]`, two entries per node), so any published DARTS-space genotype, a
 user's arch.json of the `darts` space, and hand-crafted cells are all NAT inputs.
 
-The hand-crafted cells (a ResNet basic block, a VGG block) are nas_common's genotypes `resnet-block`
-and `vgg-block` (`conv_3x3`, `skip_connect` and null edges, output = the last node).
+The hand-crafted cells are nas_common's genotypes `resnet-block` and `vgg-block` and this package's
+`mobilenetv2-block` (see `nat_nas.archs`): `conv_*`, `sep_conv_3x3`, `skip_connect` and null edges,
+output = the last node.
 
 A cell keeps its `concat` (the output nodes) through every transformation; NAT's uniform prior
 concatenates every intermediate node (DARTS' "fully concat").
@@ -148,3 +149,25 @@ def random_cell(generator: torch.Generator | None, ops: Sequence[str], nodes: in
     inputs = (u * node).floor().long().clamp_max(node - 1)
     op_idx = torch.randint(len(ops), (n_edges,), generator=generator)
     return Cell(tuple(ops[i] for i in op_idx.tolist()), tuple(inputs.tolist()))
+
+
+def sample_prior(n_cells: int, nodes: int, n_ops: int, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`random_cell` for `n_cells` cells at once, on `device`: (ops, inputs), both (n_cells, 2*nodes) long,
+    ops indexing the op list the prior draws from. No host round trip (the search step's sampler)."""
+    n_edges = 2 * nodes
+    node = (torch.arange(n_edges, device=device) // 2 + 2).expand(n_cells, n_edges)
+    u = torch.rand(n_cells, n_edges, generator=generator, device=device)
+    inputs = torch.minimum((u * node).long(), node - 1)
+    ops = torch.randint(n_ops, (n_cells, n_edges), generator=generator, device=device)
+    return ops, inputs
+
+
+def adjacency_from_inputs(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, n+2, n+2) edge counts `A[to, from]` of cells given by their (B, 2n) input indices (the tensor
+    form of `Cell.adjacency`, computed where `inputs` lives)."""
+    n_edges = inputs.shape[-1]
+    n = n_edges // 2 + 2
+    targets = torch.nn.functional.one_hot(torch.arange(n_edges, device=inputs.device) // 2 + 2, n)
+    sources = torch.nn.functional.one_hot(inputs, n)
+    return torch.einsum("et,bes->bts", targets.float(), sources.float())

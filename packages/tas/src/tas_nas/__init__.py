@@ -10,10 +10,12 @@ scratch with knowledge distillation from the unpruned network (`retrain_with_kd`
 """
 from importlib import metadata as _metadata
 
+from . import archs  # registers the released searched configurations as built-in archs
+from .archs import RELEASED, official_estimate_mflops, released_arch
 from .config import TASConfig
 from .flops import FlopTable, flop_loss
 from .model import SearchResNet, base_spec, spec_from_indices, tas_depth_choices
-from .ops import SearchConvBN, channelwise_interpolate, cwi_index, cwi_matrix, select_two
+from .ops import SearchConvBN, channelwise_interpolate, cwi_index, cwi_matrix, select_k, select_two
 from .retrain import retrain_with_kd, teacher_arch, train_teacher
 from .search import TASSearch
 
@@ -22,6 +24,7 @@ try:
 except _metadata.PackageNotFoundError:  # pragma: no cover
     __version__ = "0.0.0"
 
-__all__ = ["TASSearch", "TASConfig", "SearchResNet", "SearchConvBN", "FlopTable", "flop_loss", "base_spec",
-           "channelwise_interpolate", "cwi_index", "cwi_matrix", "select_two", "spec_from_indices",
+__all__ = ["TASSearch", "TASConfig", "RELEASED", "archs", "official_estimate_mflops", "released_arch", "SearchResNet",
+           "SearchConvBN", "FlopTable", "flop_loss", "base_spec",
+           "channelwise_interpolate", "cwi_index", "cwi_matrix", "select_k", "select_two", "spec_from_indices",
            "tas_depth_choices", "retrain_with_kd", "teacher_arch", "train_teacher"]

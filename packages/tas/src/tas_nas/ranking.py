@@ -9,9 +9,10 @@ stage (`didx`, shape (stages,)), as indices into `SearchResNet.choices` / `depth
   first `n` whose networks differ. Widths of blocks beyond a stage's sampled depth do not exist in that
   network, so two draws that differ only there are the same network and count once.
 * `one_hot_sample` turns a configuration into the `(idx, p, depth weights)` that `SearchResNet.forward`
-  takes: every conv's two candidates are the chosen width twice with weights (1, 0), every stage's
-  depth weights are one-hot. That forward is the searchable network at the hard choice: each conv's
-  chosen-width BN, channel-wise interpolation back to full width, and the chosen depth's output.
+  takes: every conv's K candidates are the chosen width K times with weights (1, 0, ...), every stage's
+  depth weights are one-hot (blocks beyond the chosen depth at their narrowest width, so that they do
+  not widen the depth aggregation). That forward is the searchable network at the hard choice: each
+  conv's chosen-width BN on its zero-padded input, and the chosen depth's output.
 * `recalibrate_bn` re-estimates the running statistics that a configuration uses (see its docstring for
   why the search's statistics do not fit a hard configuration).
 * `score_configs` returns the held-out top-1 accuracy of each configuration: batched over images, no
@@ -64,7 +65,15 @@ def sample_configs(model: SearchResNet, n: int, generator: torch.Generator, max_
 
 def one_hot_sample(model: SearchResNet, widx: torch.Tensor, didx: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The `forward` sample of a hard configuration: (idx (convs, 2), p (convs, 2), depth weights)."""
+    """The `forward` sample of a hard configuration: (idx (convs, k), p (convs, k), depth weights).
+
+    Every conv's k candidates are its chosen width k times, with weights (1, 0, ...), and every stage's
+    depth weights are one-hot. The convs of blocks beyond a stage's chosen depth are not part of that
+    network, but TAS's depth aggregation interpolates the chosen depth's output to the widest output
+    among all candidate depths; they are therefore set to their narrowest width, which keeps every
+    deeper output no wider than the chosen one (widths only grow along a stage's identity shortcuts),
+    so the forward is the pruned network's whatever widths a draw gave those blocks.
+    """
     dev, dtype = model.width_logits.device, model.width_logits.dtype
     w = torch.as_tensor(widx, device=dev).long()
     d = torch.as_tensor(didx, device=dev).long()
@@ -73,8 +82,11 @@ def one_hot_sample(model: SearchResNet, widx: torch.Tensor, didx: torch.Tensor
                          f"depth indices, got {tuple(w.shape)} and {tuple(d.shape)}")
     if not (model.width_mask.gather(1, w[:, None]).all() and model.depth_mask.gather(1, d[:, None]).all()):
         raise ValueError("a width or depth index points at a padded (invalid) choice")
-    idx = torch.stack([w, w], dim=1)
-    p = torch.zeros(w.shape[0], 2, device=dev, dtype=dtype)
+    beyond = [v for s, (vars_s, j) in enumerate(zip(model.var_of, d.tolist(), strict=True))
+              for ids in vars_s[model.depth_choices[s][j]:] for v in ids]
+    w = w.index_fill(0, torch.tensor(beyond, dtype=torch.long, device=dev), 0) if beyond else w
+    idx = w[:, None].expand(-1, model.k).contiguous()
+    p = torch.zeros(w.shape[0], model.k, device=dev, dtype=dtype)
     p[:, 0] = 1.0
     dw = F.one_hot(d, model.depth_mask.shape[1]).to(dtype)
     return idx, p, dw
@@ -96,7 +108,7 @@ def recalibrate_bn(model: SearchResNet, sample: tuple[torch.Tensor, torch.Tensor
     """Re-estimate the BN running statistics that `sample` uses, from train-mode forwards of `batches`.
 
     Why: in TAS every conv keeps running statistics per candidate width, but the search accumulated them
-    in train-mode forwards of the *mixed* network (two Gumbel-sampled widths per conv, interpolated and
+    in train-mode forwards of the *mixed* network (K Gumbel-sampled widths per conv, interpolated and
     mixed; every stage's candidate depths mixed), on augmented images, in both the weight and the
     architecture steps. A candidate's statistics therefore describe its conv's output under inputs
     from a random mixture of upstream widths and depths, not under the one hard configuration being

@@ -1,20 +1,23 @@
 """`TASSearch`: the TAS search loop and its final-architecture rule.
 
-Per step (Dong & Yang 2019; the official `search_main_v2`):
-  (i)  weights: CE on a train-half batch through a sampled network (two widths per conv, Gumbel-softmax
-       depth weights), SGD Nesterov with cosine schedule;
+Per step (Dong & Yang 2019; the official `search_main_v2`), in `SearchStep`:
+  (i)  weights: CE on a train-half batch through a sampled network (K widths per conv, Gumbel-softmax
+       depth weights), SGD Nesterov with a cosine schedule (after an optional linear warm-up);
   (ii) architecture: CE on a validation-half batch through a fresh sample + flop_weight * L_FLOP, Adam
        on the width/depth logits only (first order: the weights are not differentiated).
-tau anneals 5 -> 0.1 by cosine over the epochs. The halves are a 50/50 per-class split of the training
-set. The FLOP target is `task.budget.macs` or `prune_ratio` x the unpruned MACs, with a band of
-`flop_tolerance` x the unpruned MACs below it.
+tau anneals from tau_max to tau_min over the epochs (linearly 10 -> 0.1 by default, as the paper says;
+the official script's cosine 5 -> 0.1 with `tau_schedule="cosine"`). The halves are a 50/50 per-class
+split of the training set. The FLOP target is `task.budget.macs` or `prune_ratio` x the unpruned
+MACs, with a band of `flop_tolerance` x the unpruned MACs below it.
 
 Derive: the argmax width per conv and depth per stage (a "resnet"-space Arch), when that net lies in
 the FLOP loss's zero band [target - tolerance, target] (the search's own "on target"). Otherwise the
 last argmax net the search visited inside that band is returned (the official code also keeps a "best"
 config within the tolerance), or, if there was none and the final net is over target + tolerance, the
 last visited argmax net under the target. `result.metrics["derived_from"]` says which ("final",
-"last-in-band", "last-under-target"); `within_tolerance` is |MACs - target| <= tolerance.
+"last-in-band", "last-under-target"); `within_tolerance` is |MACs - target| <= tolerance. The arch's
+provenance carries the retraining's KD settings (`kd_alpha`, `kd_temperature`), which
+`retrain_with_kd` uses.
 
 Ranking hook: `sample_and_score(run_dir, task, n, seed)` draws distinct hard configurations from the
 final width/depth distributions and scores each with the searchable network's shared weights on the
@@ -22,6 +25,7 @@ architecture half (see `ranking`), for the harness's Kendall-tau check.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ from .model import SearchResNet, base_spec, spec_from_indices
 from .ops import tau_at
 from .ranking import sample_configs, score_configs
 
-__all__ = ["TASSearch"]
+__all__ = ["TASSearch", "SearchStep", "build_search_model", "lr_factor"]
 
 
 class TASSearch(SearchMethod):
@@ -58,8 +62,7 @@ class TASSearch(SearchMethod):
     # ---- the search ------------------------------------------------------------------------------
     def search(self, task: Task, config: TASConfig, run: Run) -> SearchResult:
         device = task.device
-        model = SearchResNet(base_spec(config.base), task.num_classes, task.input_shape, config.width_ratios,
-                             config.mix, config.arch_init_std).to(device)
+        model = build_search_model(config, task).to(device)
         table = FlopTable(model).to(device)
         max_macs = table.max_macs
         if task.budget.params is not None:
@@ -76,32 +79,16 @@ class TASSearch(SearchMethod):
         if config.max_steps_per_epoch:
             steps = min(steps, config.max_steps_per_epoch)
 
-        w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.lr, momentum=config.momentum,
-                                nesterov=config.nesterov, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=config.epochs, eta_min=config.lr_min)
-        a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, betas=tuple(config.arch_betas),
-                                 weight_decay=config.arch_weight_decay)
-        # the last argmax net inside [target - tol, target] (tensors: tracked without host syncs)
-        # and the last one under the target, starting with the initial argmax net
-        with torch.no_grad():
-            band_w, band_d = model.argmax_indices()
-            f = table(*model.argmax_probs())
-            band_found = (f >= target - tol) & (f <= target)
-            feas_w, feas_d, feas_found = band_w.clone(), band_d.clone(), f <= target
+        step = SearchStep(model, table, config, target, tol)
         start = 0
         state = run.restore(map_location=device)
         if state is not None:
             model.load_state_dict(state["model"])
-            w_opt.load_state_dict(state["w_opt"])
-            a_opt.load_state_dict(state["a_opt"])
-            sched.load_state_dict(state["sched"])
-            band_w, band_d, band_found = (state["band"][k].to(device) for k in ("w", "d", "found"))
-            feas_w, feas_d, feas_found = (state["feasible"][k].to(device) for k in ("w", "d", "found"))
+            step.load_state_dict(state)
             start = int(state["epoch"])
 
-        arch_params = model.arch_parameters()
         for epoch in range(start, config.epochs):
-            tau = tau_at(epoch, config.epochs, config.tau_max, config.tau_min)
+            tau = tau_at(epoch, config.epochs, config.tau_max, config.tau_min, config.tau_schedule)
             train_loader.set_epoch(epoch)
             valid_loader.set_epoch(epoch)
             model.train()
@@ -109,64 +96,39 @@ class TASSearch(SearchMethod):
             batches = zip(range(steps), train_loader, valid_loader, strict=False)
             for _, (xt, yt), (xv, yv) in run.progress(batches, desc=f"tas {epoch + 1}/{config.epochs}",
                                                        total=steps):
-                # (i) weight step on a train batch, through a sampled network
-                with torch.no_grad():
-                    sample = model.sample(tau)
-                logits = model(xt, sample)
-                loss = F.cross_entropy(logits, yt)
-                w_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                w_opt.step()
-                # (ii) architecture step on a validation batch: CE + flop_weight * L_FLOP
-                logits_v = model(xv, model.sample(tau))
-                ce_v = F.cross_entropy(logits_v, yv)
-                with torch.no_grad():
-                    current = table(*model.argmax_probs())
-                l_flop = flop_loss(table(model.width_probs(), model.depth_probs()), current, target, tol)
-                grads = torch.autograd.grad(ce_v + config.flop_weight * l_flop, arch_params)
-                for p, g in zip(arch_params, grads, strict=False):
-                    p.grad = g
-                a_opt.step()
-                with torch.no_grad():
-                    wi, di = model.argmax_indices()
-                    f = table(*model.argmax_probs())
-                    ok = (f >= target - tol) & (f <= target)
-                    band_w, band_d = torch.where(ok, wi, band_w), torch.where(ok, di, band_d)
-                    band_found = band_found | ok
-                    ok = f <= target
-                    feas_w, feas_d = torch.where(ok, wi, feas_w), torch.where(ok, di, feas_d)
-                    feas_found = feas_found | ok
-                    sums += torch.stack([loss.detach(), (logits.argmax(1) == yt).float().mean(), ce_v.detach(),
-                                         (logits_v.argmax(1) == yv).float().mean(), l_flop.detach().float()])
-            sched.step()
+                sums += step(xt, yt, xv, yv, tau)
+            lr = step.w_opt.param_groups[0]["lr"]
+            step.sched.step()
             with torch.no_grad():
                 e_macs = table(model.width_probs(), model.depth_probs())
                 cur = table(*model.argmax_probs())
             vals = (sums / max(1, steps)).tolist()
             run.log(epoch + 1, train_loss=vals[0], train_acc=vals[1], valid_loss=vals[2], valid_acc=vals[3],
                     flop_loss=vals[4], expected_macs=float(e_macs), argmax_macs=float(cur), target_macs=target,
-                    tau=tau, lr=w_opt.param_groups[0]["lr"])
-            run.checkpoint({"model": model.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                            "sched": sched.state_dict(),
-                            "band": {"w": band_w, "d": band_d, "found": band_found},
-                            "feasible": {"w": feas_w, "d": feas_d, "found": feas_found}}, epoch + 1)
+                    tau=tau, lr=lr)
+            run.checkpoint({"model": model.state_dict(), **step.state_dict()}, epoch + 1)
 
         layout = model.layout()
+        wi, di = model.argmax_indices()
+        band_w, band_d, band_found, feas_w, feas_d, feas_found = step.tracked()
         state_out = {
             "width_logits": model.width_logits.detach().cpu().clone(),
             "depth_logits": model.depth_logits.detach().cpu().clone(),
             "width_probs": model.width_probs().detach().cpu(),
             "depth_probs": model.depth_probs().detach().cpu(),
+            "width_index": wi.cpu().tolist(), "depth_index": di.cpu().tolist(),
             "band_width_index": band_w.cpu().tolist(), "band_depth_index": band_d.cpu().tolist(),
             "band_found": bool(band_found), "feasible_width_index": feas_w.cpu().tolist(),
             "feasible_depth_index": feas_d.cpu().tolist(), "feasible_found": bool(feas_found),
-            "layout": layout, "base": config.base,
+            "layout": layout, "base": config.base, "mode": config.mode,
             "net": _net(task),
             "target_macs": target, "tolerance_macs": tol, "base_macs": max_macs,
+            "retrain": {"kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature},
         }
         with torch.no_grad():
             metrics = {"expected_macs": float(table(model.width_probs(), model.depth_probs())),
-                       "argmax_macs": float(table(*model.argmax_probs())), "target_macs": target,
+                       "argmax_macs": float(table(*model.argmax_probs())),
+                       "initial_argmax_macs": float(step.initial_macs), "target_macs": target,
                        "tolerance_macs": tol, "base_macs": max_macs}
         return SearchResult(method=self.name, state=state_out, metrics=metrics, config=config.to_dict())
 
@@ -174,8 +136,9 @@ class TASSearch(SearchMethod):
     def derive(self, result: SearchResult) -> Arch:
         st = result.state
         layout, net = st["layout"], st["net"]
-        widx = _argmax(st["width_logits"], layout["choices"])
-        didx = _argmax(st["depth_logits"], layout["depth_choices"])
+        # the final argmax (for a dimension that was not searched, the unpruned choice)
+        widx = st.get("width_index") or _argmax(st["width_logits"], layout["choices"])
+        didx = st.get("depth_index") or _argmax(st["depth_logits"], layout["depth_choices"])
         spec = spec_from_indices(layout, widx, didx)
         macs = shapes_macs(resnet_conv_shapes(spec, net["input"], net["num_classes"]))
         target, tol = st["target_macs"], st["tolerance_macs"]
@@ -192,7 +155,8 @@ class TASSearch(SearchMethod):
         result.metrics.update({"derived_from": source, "derived_macs": float(macs),
                                "within_tolerance": bool(abs(macs - target) <= tol)})
         return _arch(spec, net, {"base": st["base"], "target_macs": target, "tolerance_macs": tol,
-                                 "derived_from": source})
+                                 "derived_from": source, "mode": st.get("mode", "both"),
+                                 "retrain": dict(st.get("retrain") or {})})
 
     # ---- the harness's ranking hook --------------------------------------------------------------
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int, *, batch_size: int = 256,
@@ -211,7 +175,7 @@ class TASSearch(SearchMethod):
         (the same per-class 50/50 split of the training set, from `task.seed`), in batches of
         `batch_size`, eval mode, no gradients, no fine-tuning.
 
-        BatchNorm: the per-width running statistics were accumulated by the mixed two-width, mixed-depth
+        BatchNorm: the per-width running statistics were accumulated by the mixed multi-width, mixed-depth
         network of the search (see `ranking.recalibrate_bn`), so they do not fit a hard configuration.
         Before scoring, each configuration's statistics are recomputed from `bn_batches` batches of the
         other (weight) half: train-mode forwards without gradients (in-memory data without augmentation,
@@ -235,10 +199,110 @@ class TASSearch(SearchMethod):
         accs = score_configs(model, configs, held, calibration)
         target, tol = _flop_target(config, (record.get("budget") or {}).get("macs"), FlopTable(model).max_macs)
         prov = {"base": config.base, "target_macs": target, "tolerance_macs": tol, "derived_from": "sampled",
-                "sample_seed": int(seed)}
+                "sample_seed": int(seed), "mode": config.mode,
+                "retrain": {"kd_alpha": config.kd_alpha, "kd_temperature": config.kd_temperature}}
         layout, net = model.layout(), _net(task)
         return [(_arch(spec_from_indices(layout, w.tolist(), d.tolist()), net, prov).with_costs(), acc)
                 for (w, d), acc in zip(configs, accs, strict=False)]
+
+
+def build_search_model(config: TASConfig, task: Task) -> SearchResNet:
+    """The searchable network of `config.base` for `task`'s classes and input shape (on the CPU)."""
+    return SearchResNet(base_spec(config.base), task.num_classes, task.input_shape, config.width_ratios,
+                        config.mix, config.arch_init_std, k=config.sampled_widths,
+                        search_width=config.mode in ("both", "width"), search_depth=config.mode in ("both", "depth"))
+
+
+def lr_factor(epoch: int, epochs: int, warmup: int, lr: float, lr_min: float) -> float:
+    """The weights' learning rate at `epoch` over `lr`: linear warm-up for `warmup` epochs, then cosine to lr_min."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    t = (epoch - warmup) / max(1, epochs - warmup)
+    floor = lr_min / lr
+    return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * t)) / 2.0
+
+
+class SearchStep:
+    """One TAS search step, with its optimisers and the tracking of on-target argmax networks.
+
+    `step(xt, yt, xv, yv, tau)`:
+      (i)  a weight step: CE on the train-half batch (xt, yt) through a fresh sample (drawn without
+           gradient), SGD on the network's weights only;
+      (ii) an architecture step: CE on the validation-half batch (xv, yv) through another fresh sample
+           plus flop_weight * L_FLOP (expected MACs from the plain distributions, the argmax network's
+           MACs deciding the sign), Adam on the searched logits only (first order: no weight gradients);
+      then the argmax network is recorded if it is inside [target - tol, target] (and, separately, if
+      it is under the target), with `torch.where` on device tensors.
+    Returns the step's (train loss, train acc, valid CE, valid acc, flop loss) as one device tensor.
+    Nothing in it reads a value back to the host.
+    """
+
+    def __init__(self, model: SearchResNet, table: FlopTable, config: TASConfig, target: float, tol: float) -> None:
+        self.model, self.table, self.config = model, table, config
+        self.target, self.tol = float(target), float(tol)
+        self.w_opt = torch.optim.SGD(model.weight_parameters(), lr=config.lr, momentum=config.momentum,
+                                     nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.w_opt, lambda e: lr_factor(e, config.epochs, config.warmup_epochs, config.lr, config.lr_min))
+        self.arch_params = model.arch_parameters()
+        self.a_opt = torch.optim.Adam(self.arch_params, lr=config.arch_lr, betas=tuple(config.arch_betas),
+                                      weight_decay=config.arch_weight_decay)
+        with torch.no_grad():  # start from the initial argmax network
+            self.band_w, self.band_d = model.argmax_indices()
+            f = table(*model.argmax_probs())
+            self.initial_macs = f
+            self.band_found = (f >= self.target - self.tol) & (f <= self.target)
+            self.feas_w, self.feas_d, self.feas_found = self.band_w.clone(), self.band_d.clone(), f <= self.target
+
+    def __call__(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, tau: float
+                 ) -> torch.Tensor:
+        model, table = self.model, self.table
+        with torch.no_grad():
+            sample = model.sample(tau)
+        logits = model(xt, sample)
+        loss = F.cross_entropy(logits, yt)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+        logits_v = model(xv, model.sample(tau))
+        ce_v = F.cross_entropy(logits_v, yv)
+        with torch.no_grad():
+            current = table(*model.argmax_probs())
+        l_flop = flop_loss(table(model.width_probs(), model.depth_probs()), current, self.target, self.tol)
+        grads = torch.autograd.grad(ce_v + self.config.flop_weight * l_flop, self.arch_params)
+        for p, g in zip(self.arch_params, grads, strict=True):
+            p.grad = g
+        self.a_opt.step()
+        with torch.no_grad():
+            wi, di = model.argmax_indices()
+            f = table(*model.argmax_probs())
+            ok = (f >= self.target - self.tol) & (f <= self.target)
+            self.band_w, self.band_d = torch.where(ok, wi, self.band_w), torch.where(ok, di, self.band_d)
+            self.band_found = self.band_found | ok
+            ok = f <= self.target
+            self.feas_w, self.feas_d = torch.where(ok, wi, self.feas_w), torch.where(ok, di, self.feas_d)
+            self.feas_found = self.feas_found | ok
+            return torch.stack([loss.detach(), (logits.argmax(1) == yt).float().mean(), ce_v.detach(),
+                                (logits_v.argmax(1) == yv).float().mean(), l_flop.detach().float()])
+
+    def tracked(self) -> tuple[torch.Tensor, ...]:
+        """(band width idx, band depth idx, band found, feasible width idx, feasible depth idx, feasible found)."""
+        return self.band_w, self.band_d, self.band_found, self.feas_w, self.feas_d, self.feas_found
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(), "sched": self.sched.state_dict(),
+                "band": {"w": self.band_w, "d": self.band_d, "found": self.band_found},
+                "feasible": {"w": self.feas_w, "d": self.feas_d, "found": self.feas_found},
+                "initial_macs": self.initial_macs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dev = self.band_w.device
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.band_w, self.band_d, self.band_found = (state["band"][k].to(dev) for k in ("w", "d", "found"))
+        self.feas_w, self.feas_d, self.feas_found = (state["feasible"][k].to(dev) for k in ("w", "d", "found"))
+        self.initial_macs = state["initial_macs"].to(dev)
 
 
 def _net(task: Task) -> dict[str, Any]:
@@ -268,8 +332,7 @@ def _load_finished_run(run_dir: str | Path, task: Task) -> tuple[SearchResNet, T
     record = read_search_record(run_dir, TASSearch.name, task)
     config = config_from_dict(TASConfig, record.get("config", {}))
     state = load_final_checkpoint(run_dir, TASSearch.name, config.epochs, task.device, keys=("model",))
-    model = SearchResNet(base_spec(config.base), task.num_classes, task.input_shape, config.width_ratios,
-                         config.mix).to(task.device)
+    model = build_search_model(config, task).to(task.device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
