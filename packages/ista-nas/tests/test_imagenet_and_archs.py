@@ -23,6 +23,7 @@ from nas_common.costs import count_macs, count_params, measure_cost
 from nas_common.search import run_search
 from nas_common.spaces.darts import DARTS_V2, DartsNetwork, Genotype
 from nas_common.train import TrainConfig, list_train_presets, lr_factor
+from nas_common.train.trainer import make_scheduler
 
 torch.set_num_threads(1)
 
@@ -138,6 +139,15 @@ def test_imagenet_recipe_is_the_official_evaluation_script() -> None:
     # the official warm-up (batch > 256): lr * (e + 1) / 5 for e < 5, so epoch 4 runs at the full lr
     assert [lr_factor(cfg, e) for e in range(5)] == pytest.approx([(e + 1) / 5 for e in range(5)])
     assert lr_factor(cfg, 5) < 1.0 and lr_factor(cfg, cfg.epochs - 1) < 1e-3  # then cosine to 0
+    # the scheduler the Trainer builds gives the same factors
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg)
+    got = []
+    for _ in range(6):
+        got.append(opt.param_groups[0]["lr"] / cfg.lr)
+        opt.step()
+        sched.step()
+    assert got == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, lr_factor(cfg, 5)])
     assert train_config("cifar10") == resolve_config(TrainConfig, "darts-eval")
 
 
