@@ -398,8 +398,8 @@ class ISTASearch(SearchMethod):
                        "search/epoch_time_s": time.perf_counter() - t0, **stats}
             run.log(epoch + 1, **metrics)
             if ctx.is_main:
-                log.info("ista-nas two-stage epoch %d/%d: train loss %.4f top1 %.3f, valid loss %.4f, %d nodes "
-                         "changed support", epoch + 1, config.epochs, mt["loss"], mt["top1"], mv["loss"], changed)
+                log.debug("ista-nas two-stage epoch %d/%d: train loss %.4f top1 %.3f, valid loss %.4f, %d nodes "
+                          "changed support", epoch + 1, config.epochs, mt["loss"], mt["top1"], mv["loss"], changed)
             run.save_state(epoch + 1, **components, extra={"halves": halves})
 
         return SearchResult(
@@ -485,9 +485,9 @@ class ISTASearch(SearchMethod):
                             "search/epoch_time_s": time.perf_counter() - t0})
             run.log(epoch + 1, **metrics)
             if ctx.is_main:
-                log.info("ista-nas one-stage epoch %d (%s): train loss %.4f top1 %.3f, %d of %d nodes frozen",
-                         epoch + 1, metrics["search/phase"], metrics["train/loss"], metrics["train/top1"],
-                         metrics["search/frozen"], frozen.numel())
+                log.debug("ista-nas one-stage epoch %d (%s): train loss %.4f top1 %.3f, %d of %d nodes frozen",
+                          epoch + 1, metrics["search/phase"], metrics["train/loss"], metrics["train/top1"],
+                          metrics["search/frozen"], frozen.numel())
             run.save_state(epoch + 1, **components,
                            extra={"phase": phase, "train_start": train_start, "frozen": frozen.cpu()})
 
