@@ -41,7 +41,7 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {"ista-imagenet": IMAGENET_RECIPE}
 RECIPES: dict[str, str] = {"cifar10": "darts-eval", "imagenet": "ista-imagenet"}
 
 for _name, _values in TRAIN_RECIPES.items():
-    if _name not in TRAIN_PRESETS._items:  # importing twice (reload) must not register twice
+    if not TRAIN_PRESETS.registered(_name):  # importing twice (reload) must not register twice
         register_train_preset(_name, _values)
 
 
