@@ -3,6 +3,9 @@ counting convention (`macs-ptflops`), and the published ISTA-NAS cells as built-
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,15 +15,15 @@ from ista_nas import ISTAConfig, count_macs_ptflops
 from ista_nas.archs import PUBLISHED
 from ista_nas.network import ImageNetStemSupernet, one_stage_supernet
 from ista_nas.recipes import imagenet_train_config, train_config
-from ista_nas.recipes import main as recipes_main
 from nas_common import Task, get_dataset, load_model
 from nas_common.arch import get_arch, list_archs
 from nas_common.cli import main as nas_main
-from nas_common.config import load_toml, resolve_config
+from nas_common.config import resolve_config
 from nas_common.costs import count_macs, count_params, measure_cost
 from nas_common.search import run_search
 from nas_common.spaces.darts import DARTS_V2, DartsNetwork, Genotype
-from nas_common.train import TrainConfig
+from nas_common.train import TrainConfig, list_train_presets, lr_factor
+from nas_common.train.trainer import make_scheduler
 
 torch.set_num_threads(1)
 
@@ -125,16 +128,38 @@ def test_one_stage_supernet_takes_the_imagenet_stem(tmp_path: Path) -> None:
     torch.testing.assert_close(load_model(tmp_path / "one")(x), result.model.eval()(x))
 
 
-def test_imagenet_recipe_is_the_official_evaluation_script(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_imagenet_recipe_is_the_official_evaluation_script() -> None:
     cfg = imagenet_train_config()
+    assert cfg == resolve_config(TrainConfig, "ista-imagenet")  # `nas train --preset ista-imagenet`
+    assert "ista-imagenet" in list_train_presets()
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay) == \
         (250, 1024, 0.5, 0.9, False, 3e-5)
-    assert (cfg.label_smoothing, cfg.auxiliary_weight, cfg.grad_clip, cfg.drop_path, cfg.warmup_epochs) == \
-        (0.1, 0.4, 5.0, 0.0, 5)
+    assert (cfg.label_smoothing, cfg.auxiliary_weight, cfg.grad_clip, cfg.drop_path, cfg.cutout) == \
+        (0.1, 0.4, 5.0, 0.0, 0)
+    # the official warm-up (batch > 256): lr * (e + 1) / 5 for e < 5, so epoch 4 runs at the full lr
+    assert [lr_factor(cfg, e) for e in range(5)] == pytest.approx([(e + 1) / 5 for e in range(5)])
+    assert lr_factor(cfg, 5) < 1.0 and lr_factor(cfg, cfg.epochs - 1) < 1e-3  # then cosine to 0
+    # the scheduler the Trainer builds gives the same factors
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg)
+    got = []
+    for _ in range(6):
+        got.append(opt.param_groups[0]["lr"] / cfg.lr)
+        opt.step()
+        sched.step()
+    assert got == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0, lr_factor(cfg, 5)])
     assert train_config("cifar10") == resolve_config(TrainConfig, "darts-eval")
-    # `nas train --config <(python -m ista_nas.recipes imagenet)`: the printed TOML gives the same config
-    assert recipes_main(["imagenet"]) == 0
-    path = tmp_path / "imagenet.toml"
-    path.write_text(capsys.readouterr().out)
-    assert resolve_config(TrainConfig, "paper", file=load_toml(path)) == cfg
-    assert recipes_main(["nope"]) == 2
+
+
+def test_entry_point_module_registers_the_cost_archs_and_recipe() -> None:
+    """A fresh process that never imports ista_nas itself finds the package's cost, built-in archs,
+    space and training preset through the `nas_common.spaces` entry point."""
+    code = ("from nas_common.costs import list_costs; from nas_common.arch import list_archs; "
+            "from nas_common.spaces import list_spaces; from nas_common.train import list_train_presets; "
+            "import json; print(json.dumps([list_costs(), list_archs(), list_spaces(), list_train_presets()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    costs, archs, spaces, presets = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "macs-ptflops" in costs and "darts-bn" in spaces and "ista-imagenet" in presets
+    assert set(PUBLISHED) <= set(archs)

@@ -172,7 +172,7 @@ def test_freeze_criterion_is_the_distance_z_moved() -> None:
     ISTASearch()._freeze_update(code, new, frozen, net, config, NET_CFG, log)
     expected = torch.tensor([[True, False, True, True], [False, False, True, True]])
     assert torch.equal(frozen, expected), frozen
-    assert "rejected" not in log
+    assert "search/rejected" not in log and log["search/candidate_params"] > 0
     torch.testing.assert_close(code.z[1, 3], old[1, 3], rtol=0, atol=0)  # frozen before: keeps its z
     torch.testing.assert_close(code.z[0, 1], new[0, 1], rtol=0, atol=0)  # not frozen: adopts the new z
     for t in range(2):
@@ -195,13 +195,13 @@ def test_size_guard_rejects_a_selection_at_or_over_max_params(margin: int, rejec
     frozen = torch.zeros(2, 4, dtype=torch.bool)
     log: dict = {}
     ISTASearch()._freeze_update(code, new, frozen, net, config, NET_CFG, log)
-    assert log["candidate_params"] == params
+    assert log["search/candidate_params"] == params
     if rejected:
-        assert log.get("rejected") == 1
+        assert log.get("search/rejected") == 1
         assert not bool(frozen.any())
         torch.testing.assert_close(code.z, old, rtol=0, atol=0)
     else:
-        assert "rejected" not in log
+        assert "search/rejected" not in log
         assert bool(frozen.sum() == 7)  # every node but (0, 0) did not move
         torch.testing.assert_close(code.z, new, rtol=0, atol=0)
 
@@ -229,9 +229,9 @@ def test_search_epochs_leave_every_unfrozen_op_bn_at_one_and_zero(tmp_path: Path
         run_search("ista-nas", Task(_ds()), out=tmp_path / "one", preset="tiny", overrides=over, progress=False,
                    interrupt_after=1)
     state = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=False)
-    assert not bool(state["frozen"].any())
+    assert not bool(state["extra"]["frozen"].any())
     net = one_stage_supernet(4, 10, 2, 4, 3, auxiliary=True)
-    net.load_state_dict(state["net"])
+    net.load_state_dict(state["model"]["net"])
     code = CompressedCode(seed=0)  # the search's initial code: the support epoch 1 ran
     z, _ = code.recover(1e-5)
     code.set_code(z)
@@ -296,19 +296,19 @@ def test_one_stage_schedule_optimizer_and_absorption(tmp_path: Path, monkeypatch
     assert made["n"] == 1, "the train phase must keep the search's optimizer (its momentum)"
     log = [r for r in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     recs = [json.loads(r) for r in log]
-    assert [r["phase"] for r in recs] == ["search", "search", "train", "train"]
-    assert [r["frozen"] for r in recs] == [8, 8, 8, 8]
-    lrs = [r["lr"] for r in recs]
+    assert [r["search/phase"] for r in recs] == ["search", "search", "train", "train"]
+    assert [r["search/frozen"] for r in recs] == [8, 8, 8, 8]
+    lrs = [r["train/lr"] for r in recs]
     assert lrs[:3] == pytest.approx([0.025, 0.025, 0.025])
     assert lrs[3] == pytest.approx(0.001 + (0.025 - 0.001) * 0.5)  # cosine over 2 epochs, eta_min = lr_min
     assert result.metrics["search_epochs"] == 2
     # the run's last checkpoint holds the trained supernet; absorbing it gives exactly result.model
     state = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=False)
-    assert state["phase"] == "train"
+    assert state["format"] == "nas-ckpt/2" and state["extra"]["phase"] == "train"
     net = one_stage_supernet(4, 10, 2, 4, 3, auxiliary=True)
-    net.load_state_dict(state["net"])
+    net.load_state_dict(state["model"]["net"])
     code = CompressedCode(seed=0)
-    code.load_state_dict(state["code"])
+    code.load_state_dict(state["model"]["code"])
     net.eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -339,8 +339,8 @@ def test_forced_freeze_after_max_search_epochs(tmp_path: Path) -> None:
     result, _ = run_search("ista-nas", Task(_ds()), out=tmp_path / "f", preset="tiny", overrides=over,
                            progress=False)
     recs = [json.loads(r) for r in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in recs] == ["search", "search", "train"]
-    assert recs[1].get("forced_freeze") == 1 and recs[1]["frozen"] == 8
+    assert [r["search/phase"] for r in recs] == ["search", "search", "train"]
+    assert recs[1].get("search/forced_freeze") == 1 and recs[1]["search/frozen"] == 8
     assert result.metrics["search_epochs"] == 2
 
 

@@ -8,8 +8,8 @@ recovered by an exact batched LASSO solver every epoch) and one-stage search (th
 trained while it is searched; op weights absorbed into BN at the end). Registered as the `ista-nas`
 method of nas_common; also registers the `darts-bn` space (the one-stage network), the published
 ISTA-NAS cells as built-in archs (`ista-nas-two-stage`, `ista-nas-one-stage`, `ista-nas-imagenet`) and the
-`macs-ptflops` cost (multiply-adds as the published ImageNet tables count them). Training recipes of
-the official evaluation scripts: `ista_nas.recipes`.
+`macs-ptflops` cost (multiply-adds as the published ImageNet tables count them) and the `nas train`
+preset `ista-imagenet` (the official ImageNet evaluation recipe, `ista_nas.recipes`).
 """
 from importlib import metadata as _metadata
 
@@ -25,7 +25,7 @@ from .coding import (
 from .config import ISTAConfig, OneStageConfig
 from .costs import count_macs_ptflops
 from .lasso import LassoError, LassoResult, kkt_violation, lasso, lipschitz, soft_threshold
-from .network import DartsBNSpace, absorb
+from .network import DartsBNSpace, SparseForward, absorb
 from .search import ISTASearch
 
 try:
@@ -35,7 +35,7 @@ except _metadata.PackageNotFoundError:  # pragma: no cover
 
 __all__ = [
     "ISTA_IMAGENET", "ISTA_ONE_STAGE", "ISTA_PRIMITIVES", "ISTA_TWO_STAGE", "CompressedCode", "DartsBNSpace",
-    "ISTAConfig", "ISTASearch", "LassoError", "LassoResult", "OneStageConfig", "absorb", "count_macs_ptflops",
-    "genotype_from_support", "kkt_violation", "lasso", "lipschitz", "published_arch", "soft_threshold",
-    "support_weights", "top_support", "uniform_supports",
+    "ISTAConfig", "ISTASearch", "LassoError", "LassoResult", "OneStageConfig", "SparseForward", "absorb",
+    "count_macs_ptflops", "genotype_from_support", "kkt_violation", "lasso", "lipschitz", "published_arch",
+    "soft_threshold", "support_weights", "top_support", "uniform_supports",
 ]

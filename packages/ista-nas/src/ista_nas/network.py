@@ -14,6 +14,12 @@ That discrete network, "DARTS with a BN after each parameter-free op", is regist
 `darts-bn` (same spec and net as `darts`), so `nas eval`/`nas train`/`load_model` work on a one-stage
 run directory. In both, drop path applies to the skip+BN op too (it is no identity any more), as in the
 official one-stage code.
+
+`SparseForward` gives a supernet's sparse mode the `forward` that DistributedDataParallel hooks.
+
+This module is the package's `nas_common.spaces` entry point: importing it registers the `darts-bn`
+space, the `macs-ptflops` cost (`ista_nas.costs`), the published cells as built-in archs
+(`ista_nas.archs`) and the `ista-imagenet` training recipe (`ista_nas.recipes`).
 """
 from __future__ import annotations
 
@@ -25,20 +31,27 @@ from torch import nn
 
 from nas_common.registry import SPACES
 from nas_common.spaces.darts import (
+    DARTS_V2,
     AuxiliaryHead,
     CellChoice,
     DartsNetwork,
     DartsSpace,
     DartsSupernet,
     edge_index,
+    genotype_to_spec,
     reduction_layers,
 )
 from nas_common.spaces.darts_supernet import SupernetCell
 
+# registered on import, so that the entry point's module makes them known (see the module docstring)
+from . import archs as _archs  # noqa: F401
+from . import costs as _costs  # noqa: F401
+from . import recipes as _recipes  # noqa: F401
+from .closed_form import darts_costs
 from .coding import ISTA_PRIMITIVES
 
-__all__ = ["DartsBNSpace", "ImageNetStemSupernet", "absorb", "bn_op_wrapper", "final_bn", "one_stage_supernet",
-           "op_bns", "search_supernet", "set_op_bn_trainable"]
+__all__ = ["DartsBNSpace", "ImageNetStemSupernet", "SparseForward", "absorb", "bn_op_wrapper", "final_bn",
+           "one_stage_supernet", "op_bns", "search_supernet", "set_op_bn_trainable"]
 
 _PARAM_FREE = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
 
@@ -122,6 +135,19 @@ class ImageNetStemSupernet(DartsSupernet):
         return self._head(s1, aux)
 
 
+class SparseForward(nn.Module):
+    """`forward(x, normal, reduce)` = `net.forward_sparse(x, normal, reduce)`: the module a search wraps in
+    DistributedDataParallel, which only sees calls of `forward` (the supernets' own `forward` is the
+    dense DARTS mode). State-dict keys gain the prefix `net.`: checkpoint `net` itself."""
+
+    def __init__(self, net: DartsSupernet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, normal: CellChoice, reduce: CellChoice) -> Any:
+        return self.net.forward_sparse(x, normal, reduce)
+
+
 def search_supernet(C: int, num_classes: int, layers: int, steps: int, input_channels: int) -> DartsSupernet:
     """The two-stage search network: DARTS' supernet (non-affine BN) over the 7 ISTA-NAS ops."""
     return DartsSupernet(C, num_classes, layers, primitives=ISTA_PRIMITIVES, steps=steps, multiplier=steps,
@@ -163,9 +189,21 @@ def set_op_bn_trainable(net: DartsSupernet, cell_type: int, node: int, entries: 
 
 # ---- the discrete network with BN after parameter-free ops ---------------------------------------
 class DartsBNSpace(DartsSpace):
-    """DARTS' discrete network with an affine BN after each pooling and identity op (ISTA-NAS one-stage)."""
+    """DARTS' discrete network with an affine BN after each pooling and identity op (ISTA-NAS one-stage).
+
+    Spec and net are those of `darts`. The harness's hooks: `scaled` multiplies C (as `darts`),
+    `size_variants` tries other cell counts (as `darts`), `reference` is DARTS-V2's cell built in this
+    space (the standard reference of the DARTS space, with the same BN-after-parameter-free-op layout
+    as the networks it is compared with), `costs` the closed form of `ista_nas.closed_form`.
+    """
 
     name = "darts-bn"
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        return "darts-v2", genotype_to_spec(DARTS_V2), self.validate_net(net)
+
+    def costs(self, spec: dict[str, Any], net: dict[str, Any]) -> dict[str, float] | None:
+        return darts_costs(self.validate_spec(spec), self.validate_net(net), bn_after_param_free=True)
 
     def build(self, spec: dict[str, Any], net: dict[str, Any]) -> nn.Module:
         model = super().build(spec, net)
