@@ -154,6 +154,7 @@ def test_ddp_run_killed_after_an_epoch_resumes_exactly(tmp_path) -> None:
 CONTEXT_SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from nas_common import SearchContext, dist, get_dataset
+    from nas_common.errors import BudgetError
     ctx = SearchContext("cpu")
     r = ctx.rank
     out = {"world": ctx.world_size, "distributed": ctx.distributed}
@@ -163,6 +164,12 @@ CONTEXT_SCRIPT = textwrap.dedent('''
     out["grad"] = p.grad.tolist()
     out["decided"] = ctx.decide(lambda: {"support": torch.tensor([r, 7]), "note": f"from rank {r}"})
     out["decided"]["support"] = out["decided"]["support"].tolist()
+    def infeasible():
+        raise BudgetError(f"found on rank {r}")
+    try:
+        ctx.decide(infeasible)
+    except BudgetError as e:
+        out["raised"] = str(e)
     t = torch.full((2,), float(r))
     out["broadcast"] = ctx.broadcast_(t).tolist()
     split = get_dataset("cifar10-mini").subset(8, 4).train
@@ -184,6 +191,7 @@ def test_search_context_under_torchrun(tmp_path) -> None:
     assert r0["world"] == r1["world"] == 2 and r0["distributed"]
     assert r0["grad"] == r1["grad"] == [1.5, 1.5, 1.5]
     assert r0["decided"] == r1["decided"] == {"support": [0, 7], "note": "from rank 0"}
+    assert r0["raised"] == r1["raised"] == "found on rank 0"  # rank 0's refusal reaches every rank
     assert r0["broadcast"] == r1["broadcast"] == [0.0, 0.0]
     labels = get_dataset("cifar10-mini").subset(8, 4).train.y.tolist()
     assert sorted(r0["labels"] + r1["labels"]) == sorted(labels) and len(r0["labels"]) == 4  # disjoint shards

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -29,6 +30,7 @@ from .dist import (
     world_size,
     wrap,
 )
+from .errors import NASError
 
 T = TypeVar("T")
 
@@ -139,11 +141,20 @@ class SearchContext:
 
     def decide(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args)` computed on rank 0 and given to every rank (a discrete decision: a LASSO support,
-        a derived architecture, a sampled set of candidates). Tensors come back on this device."""
-        value = fn(*args, **kwargs) if self.is_main else None
+        a derived architecture, a sampled set of candidates). Tensors come back on this device. A
+        NASError `fn` raises on rank 0 (an infeasible budget found mid-search) is raised on every rank:
+        the others would otherwise wait for rank 0's answer forever."""
         if not self.distributed:
-            return value  # type: ignore[return-value]
+            return fn(*args, **kwargs)
+        value: Any = None
+        if self.is_main:
+            try:
+                value = fn(*args, **kwargs)
+            except NASError as e:
+                value = _Raised(type(e), str(e))
         value = broadcast_object(_to_cpu(value))
+        if isinstance(value, _Raised):
+            raise value.error(value.message)
         return _to_device(value, self.device)
 
     def sync_buffers(self, module: nn.Module) -> None:
@@ -158,6 +169,14 @@ class SearchContext:
         for factory in list(STEP_OBSERVERS.active):
             stack.enter_context(factory())
         return stack
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What `decide` sends the other ranks in place of a value when rank 0's decision raised."""
+
+    error: type[NASError]
+    message: str
 
 
 def _to_cpu(v: Any) -> Any:
