@@ -9,7 +9,7 @@ import torch
 from nas_common.arch import Arch, save_arch
 from nas_common.config import resolve_config
 from nas_common.costs import count_costs
-from nas_common.data import get_dataset
+from nas_common.data import get_dataset, make_loader
 from nas_common.errors import ConfigError
 from nas_common.methods import Task
 from nas_common.search import run_search
@@ -18,7 +18,7 @@ from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas import NATConfig, NATSearch
 from nat_nas.archs import cell_spec
 from nat_nas.cells import CellPair
-from nat_nas.search import POLICY_FILE, EdgeCosts, cell_positions, reinforce_step, resolve_input_arch
+from nat_nas.search import EdgeCosts, _Batches, cell_positions, reinforce_step, resolve_input_arch
 from nat_nas.transitions import is_reachable
 
 MICRO = {"C": 4, "layers": 3, "epochs": 2, "batch_size": 16, "policy_embed": 8, "policy_features": 16,
@@ -88,7 +88,7 @@ def test_cell_positions_follow_the_darts_layout() -> None:
 
 def test_imagenet_network_for_derive_and_retraining(tmp_path: Path) -> None:
     """The ImageNet layout (stems, C, cells, image size, classes) on the derived arch; small sizes here."""
-    cfg = {**MICRO, "epochs": 0, "net_stem": "imagenet", "net_input_size": 64, "net_num_classes": 1000}
+    cfg = {**MICRO, "epochs": 1, "net_stem": "imagenet", "net_input_size": 64, "net_num_classes": 1000}
     _, arch = run_search("nat", _task(), out=tmp_path / "inet", preset="tiny", overrides=cfg, progress=False)
     assert arch.net["stem"] == "imagenet" and arch.net["input"] == [3, 64, 64] and arch.net["num_classes"] == 1000
     model = arch.build().eval()
@@ -118,7 +118,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Arch]:
 
 def test_derive_records_both_costs_and_never_more(trained: tuple[Path, Arch]) -> None:
     run_dir, arch = trained
-    assert (run_dir / POLICY_FILE).is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert {"supernet", "policy"} <= set(ckpt["model"]) and ckpt["extra"]["meta"]["steps"] == 4
     c = arch.costs
     assert c["macs"] <= c["input_macs"] and c["params"] <= c["input_params"]
     inp = Arch("darts", arch.provenance["input_spec"], arch.net)
@@ -136,7 +137,7 @@ def test_saved_policy_transforms_a_new_arch_without_training(trained: tuple[Path
     result, arch = run_search("nat", _task(), out=out, preset="tiny",
                               overrides={**MICRO, "policy": str(run_dir), "input_arch": name}, progress=False)
     assert not (out / "checkpoints").exists()  # no training happened
-    assert result.metrics["policy_from"] == str(run_dir)
+    assert result.metrics["search/policy_from"] == str(run_dir)
     src = CellPair.from_spec(cell_spec(name))
     dst = CellPair.from_spec(arch.spec)
     assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
@@ -154,9 +155,11 @@ def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path,
     with pytest.raises(ConfigError, match="sep_conv_7x7"):
         run_search("nat", _task(), out=tmp_path / "z", preset="tiny",
                    overrides={**MICRO, "policy": str(run_dir), "input_arch": str(path)}, progress=False)
-    with pytest.raises(ConfigError, match=POLICY_FILE):
+    with pytest.raises(ConfigError, match="config.toml"):
         run_search("nat", _task(), out=tmp_path / "y", preset="tiny",
                    overrides={**MICRO, "policy": str(tmp_path)}, progress=False)
+    for name in ("x", "y", "z"):
+        assert not (tmp_path / name).exists()  # refused in check(), before the run directory
 
 
 @pytest.mark.slow
@@ -197,27 +200,45 @@ def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> No
     assert arch.costs["params"] <= arch.costs["input_params"]
 
 
-@pytest.mark.parametrize("bn", ["batch", "running"])
-def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
-    from nas_common.spaces.darts import DartsSupernet
-    from nat_nas.search import FULLY_CONCAT_OPS, scoring_mode
-
-    torch.manual_seed(0)
-    net = DartsSupernet(4, 10, 3, FULLY_CONCAT_OPS).train()
-    choice = [[(0, 3, None), (1, 4, None)], [(0, 5, None), (2, 7, None)], [(1, 0, None)], [(4, 6, None)]]
-    x = torch.randn(8, 3, 32, 32)
-    net.forward_sparse(x, choice, choice)  # some running statistics
+@pytest.mark.parametrize("bn", ["batch", "recalibrate", "running"])
+def test_scoring_leaves_the_supernet_untouched(trained: tuple[Path, Arch], bn: str) -> None:
+    """Held-out scoring through nas_common.oneshot: weights, running statistics and the training flag are
+    as before, for every `score_bn`; "running" scores with the running statistics (eval mode)."""
+    run_dir, _ = trained
+    search, task = NATSearch(), _task()
+    parts = search._load_policy(str(run_dir), task, task.device)
+    config = parts.source.replace(score_bn=bn, max_eval_batches=1, recalibrate_batches=1)
+    net = parts.supernet.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with scoring_mode(net, bn):
-        out = net.forward_sparse(x, choice, choice)
-        assert not out.requires_grad and net.training == (bn == "batch")
-    assert net.training
+    pair = CellPair.from_spec(genotype_to_spec(GENOTYPES["darts-v2"]))
+    w_split, p_split = search._splits(task, config)
+    acc = search._accuracies(parts, [pair], p_split, config, task, calibration=w_split)[0]
+    assert net.training and 0.0 <= acc <= 1.0
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k])
-    with torch.no_grad():
-        ref = net.eval().forward_sparse(x, choice, choice) if bn == "running" else \
-            net.train().forward_sparse(x, choice, choice)
-    torch.testing.assert_close(out, ref)
+    if bn == "running":
+        x, y = next(iter(_Batches(make_loader(p_split, config.eval_batch_size, train=False), 1)))
+        net.eval()
+        with torch.no_grad():
+            ref = (search._forward(parts, x, pair).argmax(-1) == y).float().mean().item()
+        net.train()
+        assert acc == pytest.approx(ref)
+
+
+def test_check_refuses_before_writing_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """epochs 0, a warm-up to the end, an unknown input arch and too little data are refused by check():
+    one stderr line, exit 2, no run directory."""
+    from nas_common.cli import main
+
+    bad = [{"epochs": 0}, {"warmup_epochs": 2}, {"input_arch": "darts-v9"}, {"batch_size": 5000}]
+    for i, override in enumerate(bad):
+        out = tmp_path / f"r{i}"
+        args = ["search", "nat", "--dataset", "cifar10-mini", "--preset", "tiny", "--out", str(out)]
+        args += [x for k, v in {**MICRO, **override}.items() for x in ("-o", f"{k}={v}")]
+        assert main(args) == 2, override
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "rror" in err[0], (override, err)
+        assert not out.exists(), override
 
 
 def test_sample_and_score_hook_for_the_harness(trained: tuple[Path, Arch]) -> None:
