@@ -46,10 +46,10 @@ from nas_common.benchmarking import markdown_table
 from nas_common.data import get_dataset
 from nas_common.device import resolve_device
 from nas_common.methods import Task
-from nas_common.runs import device_name
+from nas_common.runs import Run, device_name
 from nas_common.search import run_search
 from nat_nas import NATSearch
-from nat_nas.search import POLICY_FILE, log_line
+from nat_nas.search import log_line
 
 METHODS = ("nat", "random", "max-gcn", "lstm")
 #: per method: the overrides of its run, given the NAT search's directory (None: it is that search)
@@ -67,7 +67,7 @@ def mean_std(xs: list[float]) -> str:
 
 
 def _supernet(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / POLICY_FILE, map_location="cpu", weights_only=False)["supernet"]
+    return Run.open(run_dir, method="nat").final_state(keys=("supernet",))["model"]["supernet"]
 
 
 def _check_same_supernet(a: Path, b: Path, device: torch.device) -> float:
@@ -90,6 +90,8 @@ def _assert_not_costlier(arch: Arch, inp: Arch, what: str) -> None:
 def ablation(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     ds = get_dataset(args.dataset)
+    if args.subset:
+        ds = ds.subset(*(int(n) for n in args.subset.split(",")))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or "nat" not in methods:
@@ -117,19 +119,20 @@ def ablation(args: argparse.Namespace) -> None:
             _assert_not_costlier(best, inp, f"{method} seed {seed}'s best transform")
             _assert_not_costlier(arch, inp, f"{method} seed {seed}'s output")
             test_best, test_input, test_out = NATSearch().score_archs(nat_dir, task, [best, inp, arch])
+            heldout_best = result.metrics["search/top1_best_transform"]
             rows[method].append({
-                "seed": seed, "samples": len(st["candidates"]), "heldout_best": result.metrics["best_transform_acc"],
+                "seed": seed, "samples": len(st["candidates"]), "heldout_best": heldout_best,
                 "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
                 "test_output": test_out, "chosen_is_input": st["chosen_is_input"], "macs": best.costs["macs"],
                 "params": best.costs["params"], "input_macs": inp.costs["macs"],
                 "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
             })
-            print(f"seed {seed} {method:8s} held-out best transform {result.metrics['best_transform_acc']:.4f} "
+            print(f"seed {seed} {method:8s} held-out best transform {heldout_best:.4f} "
                   f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
                   f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
             if seed == 0 and method == "nat":
                 lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "w_loss" in m]
+                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
             with open(out / "records.jsonl", "a") as f:
                 f.write(json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
                                     "overrides": overrides, "device": device_name(device)}) + "\n")
@@ -240,6 +243,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="cifar10-mini")
     ap.add_argument("--input-arch", default="darts-v2")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--subset", default="", metavar="TRAIN,TEST",
+                    help="use the first TRAIN training and TEST test images (a quick check of the script)")
     ap.add_argument("--methods", default=",".join(METHODS), help="nat and any of random, max-gcn, lstm")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="runs/bench_nat")
