@@ -56,7 +56,7 @@ from nas_common.costs.tables import op_costs
 from nas_common.data import make_loader
 from nas_common.errors import ArchFileError, ConfigError, NASError
 from nas_common.methods import CliOption, SearchMethod, SearchResult, Task
-from nas_common.oneshot import batch_statistics, score_candidates
+from nas_common.oneshot import Accumulator, batch_statistics, score_candidates
 from nas_common.runs import Run
 from nas_common.spaces.darts import GENOTYPES, DartsSupernet, genotype_to_spec, reduction_layers
 
@@ -617,7 +617,7 @@ class NATSearch(SearchMethod):
     def _w_step(self, net: nn.Module, parts: _Parts, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                 config: NATConfig, beta: CellPair, alpha: CellPair | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step of the shared weights on CE(beta) (plus CE(alpha) with `train_on_transforms`),
-        through `net` (the supernet, in DDP under torchrun)."""
+        through `net` (the supernet, in DDP under torchrun). Returns the loss and beta's logits."""
         plans = [self._plan(parts, beta)] + ([self._plan(parts, alpha)] if alpha is not None else [])
         logits = net(x, *plans)
         loss = sum(F.cross_entropy(out, y) for out in logits)
@@ -626,7 +626,7 @@ class NATSearch(SearchMethod):
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parts.supernet.parameters(), config.grad_clip)
         opt.step()
-        return loss.detach(), (logits[0].detach().argmax(-1) == y).sum()
+        return loss.detach(), logits[0].detach()
 
     def _policy_step(self, ctx: SearchContext, parts: _Parts, batches: list[tuple[torch.Tensor, torch.Tensor]],
                      opt: torch.optim.Optimizer, baseline: torch.Tensor, config: NATConfig,
@@ -698,15 +698,12 @@ class NATSearch(SearchMethod):
             supernet.train()
             w_plan = ctx.decide(self._w_plan, parts, len(w_loader), w_gen, p_gen, masks_of,
                                 config.train_on_transforms)
-            w_sums = torch.zeros(2, device=device)  # loss, correct
-            n_w = seen = 0
+            w_acc = Accumulator(device)  # w's loss and top-1 on the sampled inputs, summed on the device
             batches = self._progress(run, w_loader, f"nat w {epoch + 1}/{config.epochs}")
             for (x, y), (beta, alpha) in zip(batches, w_plan, strict=True):
                 with ctx.step():
-                    loss, correct = self._w_step(net, parts, x, y, w_opt, config, beta, alpha)
-                    w_sums += torch.stack([loss, correct.float()])
-                n_w += 1
-                seen += y.shape[0]
+                    loss, logits = self._w_step(net, parts, x, y, w_opt, config, beta, alpha)
+                    w_acc.add_batch(logits, y, loss=loss)
             sched.step()
             ctx.sync_buffers(supernet)  # every rank scores with rank 0's BN statistics
             # -- theta: REINFORCE on the 60% split, after the supernet's warm-up
@@ -727,9 +724,9 @@ class NATSearch(SearchMethod):
                         n_p += 1
             # -- the epoch's record (host reads are fine here, outside the steps)
             probs = self._input_probs(parts, pair, input_masks)
-            w = ctx.all_reduce_(w_sums, "mean").tolist()
+            w = w_acc.compute(reduce_ranks=ctx.distributed)
             s = (p_sums / max(1, n_p)).tolist()
-            metrics = {"train/loss": w[0] / max(1, n_w), "train/top1": w[1] / max(1, seen),
+            metrics = {"train/loss": w["loss"], "train/top1": w["top1"],
                        "train/lr": sched.get_last_lr()[0], "search/policy_steps": n_p, "search/reward": s[0],
                        "search/top1_beta": s[1], "search/top1_alpha": s[2], "search/entropy": s[3],
                        "search/baseline": baseline.item(),
