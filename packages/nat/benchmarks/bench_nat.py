@@ -7,7 +7,9 @@
    supernet is bit for bit the GCN search's, asserted on the CPU: the w steps never read the policy).
    Each method's best sampled transform (the input itself excluded) is scored under the shared weights
    on the held-out split the search selects on and on the test split, which no search has seen;
-   transformed cells never cost more than the input (asserted on the built networks).
+   transformed cells never cost more than the input (asserted on the built networks). NAT and random
+   draw their candidates with the same Gumbel noise (the search's inference stream, per seed), so where
+   the policy has not moved from uniform they coincide: the paired difference is what the policy learnt.
 
        python packages/nat/benchmarks/bench_nat.py [--seeds 5] [--preset tiny] [--input-arch darts-v2]
            [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [-s KEY=VALUE ...]
@@ -45,6 +47,7 @@ from nas_common.arch import Arch, load_arch
 from nas_common.benchmarking import markdown_table
 from nas_common.data import get_dataset
 from nas_common.device import resolve_device
+from nas_common.io import append_line
 from nas_common.methods import Task
 from nas_common.runs import Run, device_name
 from nas_common.search import run_search
@@ -133,9 +136,8 @@ def ablation(args: argparse.Namespace) -> None:
             if seed == 0 and method == "nat":
                 lines = (run_dir / "metrics.jsonl").read_text().splitlines()
                 first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
-            with open(out / "records.jsonl", "a") as f:
-                f.write(json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
-                                    "overrides": overrides, "device": device_name(device)}) + "\n")
+            append_line(out / "records.jsonl", json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
+                                                           "overrides": overrides, "device": device_name(device)}))
     report(args, rows, first_log, ds.num_classes, device)
 
 
@@ -221,8 +223,7 @@ def retrain(args: argparse.Namespace) -> None:
                    "seconds": time.perf_counter() - t0, "costs": arch.costs, "recipe": recipe,
                    "digest": arch.digest, "device": device_name(resolve_device(args.device)),
                    "threads": torch.get_num_threads()}
-            with open(log, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_line(log, json.dumps(rec))
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     rows = []
     for name, arch in archs.items():
