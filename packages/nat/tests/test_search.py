@@ -162,6 +162,19 @@ def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path,
         assert not (tmp_path / name).exists()  # refused in check(), before the run directory
 
 
+def test_reused_policy_refuses_other_held_out_images(trained: tuple[Path, Arch], tmp_path: Path) -> None:
+    """The held-out split's fingerprint is recorded in the checkpoint: a task whose training split differs
+    (here 96 images instead of 64, same dataset name) would score on images the supernet trained on."""
+    run_dir, _ = trained
+    other = Task(dataset=get_dataset("cifar10-mini").subset(96, 32))
+    with pytest.raises(ConfigError, match="held-out images differ"):
+        run_search("nat", other, out=tmp_path / "o", preset="tiny", overrides={**MICRO, "policy": str(run_dir)},
+                   progress=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="held-out images differ"):
+        NATSearch().sample_and_score(run_dir, other, 2, seed=0)
+
+
 @pytest.mark.slow
 def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
