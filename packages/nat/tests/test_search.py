@@ -1,6 +1,8 @@
 """NAT's search pieces: REINFORCE baseline, input architectures, the saved policy, derive's costs."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -260,3 +262,51 @@ def test_sample_and_score_hook_for_the_harness(trained: tuple[Path, Arch]) -> No
     assert len(pairs) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pairs)
     assert len({a.digest for a, _ in pairs}) == 3
     assert pairs[0][0].build() is not None
+
+
+@pytest.mark.parametrize("bn", ["eval", "batch"])
+def test_gated_forward_of_a_transform_is_its_sparse_forward(bn: str) -> None:
+    """The policy step runs alpha without reading its actions on the host: beta's ops and the allowed
+    skips, gated by the actions and by their source's liveness. That equals the sparse forward of the
+    transformed cells (dead nodes, nulled inputs and skips included), in eval mode and with batch
+    statistics."""
+    from nas_common.oneshot import batch_statistics
+    from nat_nas.search import TransformedPair, _PriorMasks
+    from nat_nas.transitions import NULL, SKIP, apply_actions
+
+    torch.manual_seed(0)
+    search, task = NATSearch(), _task()
+    config = NATConfig(**{**MICRO, "epochs": 1})
+    pair = CellPair.from_spec(genotype_to_spec(GENOTYPES["darts-v2"]))
+    parts = search._build(config, task, pair, torch.device("cpu"))
+    costs = search._edge_costs(config, task)
+    masks_of = _PriorMasks(list(parts.policy.ops), costs, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    betas, skip_ok, ops, inputs, masks = search._policy_plan(parts, 12, gen, masks_of)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # running statistics away from (0, 1), so that a zero input is not scored as zero
+        for beta in betas:
+            search._forward(parts, x + 1.0, beta)
+    nulls = skips = 0
+    mode = batch_statistics(parts.supernet) if bn == "batch" else _eval(parts.supernet)
+    with torch.no_grad(), mode:
+        for i, beta in enumerate(betas):
+            acts = parts.policy.act(ops[i], inputs[i], masks[i], generator=gen).actions
+            # null both edges of the first node where allowed: a dead node, and edges out of it
+            acts[:, :2] = torch.where(masks[i][:, :2, NULL], NULL, acts[:, :2])
+            rows = acts.tolist()
+            nulls += sum(a == NULL for r in rows for a in r)
+            skips += sum(a == SKIP for r in rows for a in r)
+            alpha = CellPair(apply_actions(beta.normal, rows[0]), apply_actions(beta.reduce, rows[1]))
+            gated = search._forward(parts, x, TransformedPair(beta, acts, skip_ok[i]))
+            torch.testing.assert_close(gated, search._forward(parts, x, alpha), rtol=1e-5, atol=1e-5)
+    assert nulls > 0 and skips > 0  # both kinds of transition were exercised
+
+
+@contextlib.contextmanager
+def _eval(net: torch.nn.Module) -> Iterator[None]:
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train()
