@@ -71,20 +71,116 @@ def test_a_target_the_sampler_never_reaches_is_matched_by_rescaling_the_closest_
     assert abs(arch.costs["macs"] / target.costs["macs"] - 1) <= MAC_TOLERANCE
 
 
-@pytest.mark.parametrize(("space_name", "reference"), [("resnet", "resnet56"), ("darts", "darts-v2"),
-                                                       ("bsn-resnet", "B-ResNet (all modules)")])
-def test_reference_network_scaled_to_the_target_macs(space_name: str, reference: str) -> None:
-    from tools.bench.matching import MAC_TOLERANCE, counted, reference_like
+@pytest.mark.parametrize("space_name", sorted(NETS))
+def test_reference_network_scaled_to_the_target_macs(space_name: str) -> None:
+    """Every space with the hooks scales its reference network to the target's MACs; one without says
+    which hook it lacks (the row's error) instead of crashing the harness."""
+    from tools.bench.matching import MAC_TOLERANCE, MissingSpaceHook, counted, has_hook, reference_like
 
     space = space_or_skip(space_name)
     net = NETS[space_name]
     target = counted(space_name, space.random_spec(random.Random(7), net), net)
+    if not (has_hook(space_name, "scaled") and has_hook(space_name, "reference")):
+        with pytest.raises(MissingSpaceHook, match=r"does not implement Space\.(scaled|reference)"):
+            reference_like(target)
+        return
     arch, info = reference_like(target)
-    assert info["reference"] == reference and arch.space == space_name
+    assert info["reference"] == space.reference(net)[0] and arch.space == space_name
     assert abs(arch.costs["macs"] / target.costs["macs"] - 1) <= MAC_TOLERANCE, info
     if space_name == "darts":  # DARTS-V2's genotype at another C (and maybe cell count)
         from nas_common.arch import get_arch
 
+        assert info["reference"] == "darts-v2"
         assert arch.spec == get_arch("darts-v2").spec and info["width_multiplier"] > 0
     if space_name == "resnet":  # ResNet-56's depth, all widths scaled alike
+        assert info["reference"] == "resnet56"
         assert arch.spec["depths"] == [9, 9, 9] and arch.spec["widths"][0][0][0] < 16
+
+
+def test_a_named_reference_of_the_same_space_is_scaled_instead() -> None:
+    from tools.bench.matching import MAC_TOLERANCE, counted, reference_like
+
+    net = NETS["resnet"]
+    target = counted("resnet", _resnet20_spec(), net)
+    arch, info = reference_like(target, name="resnet110")
+    assert info["reference"] == "resnet110" and arch.spec["depths"] == [18, 18, 18]
+    assert abs(arch.costs["macs"] / target.costs["macs"] - 1) <= MAC_TOLERANCE
+
+
+def _resnet20_spec() -> dict:
+    from nas_common.spaces.resnet import resnet_spec
+
+    return resnet_spec(20)
+
+
+class BareSpace:
+    """A space with a sampler but none of the harness's hooks (what a package has before it adds them):
+    the resnet space's spec, builder and sampler, and the base class's defaults for everything else."""
+
+    @staticmethod
+    def make() -> object:
+        from nas_common.registry import SPACES
+        from nas_common.spaces.base import Space
+
+        resnet = SPACES.get("resnet")
+
+        class Bare(Space):
+            name = "bare"
+
+            def validate_spec(self, spec: object) -> dict:
+                return resnet.validate_spec(spec)
+
+            def build(self, spec: dict, net: dict) -> object:
+                return resnet.build(spec, net)
+
+            def random_spec(self, rng: random.Random, net: dict) -> dict:
+                return resnet.random_spec(rng, net)
+
+        return Bare()
+
+
+@pytest.fixture
+def bare(monkeypatch: pytest.MonkeyPatch) -> str:
+    from nas_common.registry import SPACES
+
+    monkeypatch.setitem(SPACES._items, "bare", BareSpace.make())
+    return "bare"
+
+
+def test_a_space_without_hooks_is_refused_by_name_and_recorded_as_the_rows_error(bare: str, tmp_path) -> None:
+    from tools.bench.jobs import run_job
+    from tools.bench.matching import MissingSpaceHook, counted, random_arch_like, reference_like
+
+    target = counted(bare, _resnet20_spec(), NETS["resnet"])
+    with pytest.raises(MissingSpaceHook, match=r"'bare' does not implement Space\.scaled"):
+        reference_like(target)
+    # the sampler reaches ResNet-20's MACs: no hook needed
+    arch, info = random_arch_like(target, seed=0)
+    assert info["matched_by"] == "rejection" and arch.space == bare
+    # a target out of the sampler's reach would need Space.scaled to rescale the closest draw
+    from nas_common.spaces.resnet import resnet_spec
+
+    far = counted(bare, resnet_spec(110), NETS["resnet"])
+    with pytest.raises(MissingSpaceHook, match=r"Space\.scaled.*no random draw of \d+ came within 5%"):
+        random_arch_like(far, seed=0, tries=3)
+    job = {"kind": "reference", "key": "reference/x/s0", "seed": 0, "out": str(tmp_path / "job"),
+           "target": target.to_dict(), "net": {}, "tolerance": 0.05}
+    res = run_job(job)  # the job never raises: the missing hook is its row's error
+    assert res["ok"] is False and res["error"].startswith("MissingSpaceHook: space 'bare' does not implement")
+
+
+def test_closed_form_costs_are_used_instead_of_counting(monkeypatch: pytest.MonkeyPatch, bare: str) -> None:
+    """Matching evaluates hundreds of candidates: a space's `costs` closed form replaces counting them."""
+    from nas_common.arch import Arch
+    from nas_common.costs import count_costs
+    from tools.bench.matching import counted
+
+    calls = []
+    real = Arch.with_costs
+    monkeypatch.setattr(Arch, "with_costs", lambda self, *a, **k: calls.append(self.space) or real(self, *a, **k))
+    spec = _resnet20_spec()
+    arch = counted("resnet", spec, NETS["resnet"])  # the resnet space has a closed form
+    assert calls == []
+    assert arch.costs == pytest.approx(count_costs(arch.build(), (3, 32, 32)))
+    assert counted(bare, spec, NETS["resnet"]).costs == pytest.approx(arch.costs)  # no closed form: counted
+    assert calls == [bare]

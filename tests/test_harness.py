@@ -200,6 +200,9 @@ def test_estimate_schedules_longest_first_and_sizes_the_evidence_preset() -> Non
     model = CostModel.fit()
     assert model.train_s("darts", 10, 1000, 2) > model.train_s("darts", 5, 1000, 2) > model.train_s("darts", 5, 500, 2)
     assert model.search_s("nat", 4660) > model.search_s("nat", 1000)
+    # a method that never ran is planned in the first space it declares (SearchMethod.spaces)
+    assert model.found("never-ran", spaces=("darts", "resnet"))[0] == "darts"
+    assert model.found("never-ran")[0] == "resnet"
     h = Harness("evidence", "/nonexistent/out", methods="all", jobs=2, quiet=True)
     assert h.preset.random_per_space >= 5 and h.preset.rank_samples >= 8 and h.preset.reference
     est = h.estimate()
@@ -242,3 +245,47 @@ def test_a_line_cut_by_a_kill_does_not_swallow_the_next_row(tmp_path: Path) -> N
     (tmp_path / "results.jsonl").write_text('{"key": "a", "ok": true}\n{"key": "b", "o')  # killed mid-write
     append_row(tmp_path, {"key": "c", "ok": True})
     assert [r["key"] for r in read_rows(tmp_path)] == ["a", "c"]
+
+
+@pytest.mark.parametrize(("preset", "says_wiring_only"), [("smoke", True), ("micro", True), ("evidence", False)])
+def test_smoke_results_say_their_accuracies_check_the_wiring_only(tmp_path: Path, preset: str,
+                                                                  says_wiring_only: bool) -> None:
+    """`make demo` runs the smoke preset: its table must not read as evidence about the methods."""
+    from tools.bench.report import write_report
+
+    row = {"key": "retrain/m/s0", "phase": "retrain", "method": "m", "label": "m", "seed": 0, "ok": True,
+           "space": "resnet", "macs": 1e6, "params": 1e3, "retrain_time_s": 1.0, "test_acc": 0.5,
+           "preset": preset, "dataset": "cifar10-mini", "provenance": {"device_name": "cpu"}}
+    s = write_report(tmp_path, [row])
+    md = (tmp_path / "results.md").read_text()
+    assert ("accuracies check the wiring only" in md) is says_wiring_only
+    assert ("wiring only" in s["note"]) is says_wiring_only
+
+
+def test_tools_bench_has_no_import_cycles() -> None:
+    """No module of tools/bench imports, at module level or inside a function, one that imports it back
+    (directly or through others): each concept depends one way."""
+    import ast
+
+    bench = ROOT / "tools" / "bench"
+    mods = {f.stem for f in bench.glob("*.py")}
+
+    def imports(path: Path) -> set[str]:
+        out: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                out |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tools.bench."):
+                out.add(node.module.split(".")[2])
+            elif isinstance(node, ast.Import):
+                out |= {a.name.split(".")[2] for a in node.names if a.name.startswith("tools.bench.")}
+        return out & mods
+
+    graph = {m: imports(bench / f"{m}.py") - {m} for m in mods}
+    assert graph["report"] and graph["harness"], graph  # the walker sees imports
+
+    def reaches(a: str, b: str, seen: frozenset[str] = frozenset()) -> bool:
+        return any(n == b or (n not in seen and reaches(n, b, seen | {n})) for n in graph[a])
+
+    cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a in mods for b in graph[a] if reaches(b, a))
+    assert not cycles, cycles

@@ -27,6 +27,41 @@ def fake_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
 
 
+def test_resources_come_from_the_command_line() -> None:
+    import argparse
+
+    from tools.bench.launchers import Resources, add_launcher_arguments, resources_from_args
+
+    p = argparse.ArgumentParser()
+    add_launcher_arguments(p)
+    r = resources_from_args(p.parse_args(["--partition", "gpu", "--gpus-per-task", "2", "--cpus-per-task", "8",
+                                          "--mem-gb", "32", "--time-min", "90"]))
+    assert r == Resources(partition="gpu", gpus_per_task=2, cpus_per_task=8, mem_gb=32.0, time_min=90)
+    assert r.submitit_parameters() == {"timeout_min": 90, "gpus_per_node": 2, "cpus_per_task": 8, "tasks_per_node": 1,
+                                       "nodes": 1, "mem_gb": 32.0, "slurm_partition": "gpu"}
+    assert r.ray_options() == {"num_cpus": 8, "num_gpus": 2, "memory": 32 * 2**30}
+    assert resources_from_args(p.parse_args([])) == Resources()
+
+
+@pytest.mark.parametrize("kwargs", [{"gpus_per_task": -1}, {"cpus_per_task": 0}, {"mem_gb": 0}, {"time_min": 0}])
+def test_bad_resources_are_one_line_errors(kwargs: dict) -> None:
+    from nas_common.errors import ConfigError
+    from tools.bench.launchers import Resources
+
+    with pytest.raises(ConfigError):
+        Resources(**kwargs)
+
+
+def test_submitit_takes_the_resources(tmp_path: Path) -> None:
+    pytest.importorskip("submitit")
+    from tools.bench.launchers import Resources, SubmititLauncher
+
+    launcher = SubmititLauncher(tmp_path, executor="local", resources=Resources(partition="gpu", cpus_per_task=3,
+                                                                               mem_gb=2, time_min=30))
+    params = launcher.executor._executor.parameters  # what submitit passes on (the local executor's subset)
+    assert params["timeout_min"] == 30 and params["tasks_per_node"] == 1
+
+
 @pytest.mark.slow
 def test_ray_launcher_runs_jobs(tmp_path: Path, fake_env: None) -> None:
     ray = pytest.importorskip("ray")

@@ -53,13 +53,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.report:
             from pathlib import Path
 
-            from .harness import read_rows
             from .report import write_report
+            from .results import read_rows
 
             if not (Path(args.report) / "results.jsonl").exists():
                 raise NASError(f"{args.report!r} holds no results.jsonl: give the --out of a harness run")
             s = write_report(Path(args.report), read_rows(Path(args.report)))
             print(s["table"])
+            if s.get("compare_table"):
+                print()
+                print(s["compare_table"])
+            if s.get("note"):
+                print(f"\nnote: {s['note']}")
             print(f"\nwritten: {s['results_md']}, {s['pareto_png']}")
             return 0
         from .harness import Harness
@@ -81,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s.get("compare_table"):
             print()
             print(s["compare_table"])
+        if s.get("note"):
+            print(f"\nnote: {s['note']}")
         print(f"\nwritten: {s['results_md']}, {s['pareto_png']}, {args.out}/results.jsonl")
         if s.get("overhead_frac") is not None:
             print(f"harness overhead: {s['overhead_s']:.1f}s of {s['wall_s']:.1f}s ({100 * s['overhead_frac']:.1f}%)")

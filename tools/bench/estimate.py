@@ -132,24 +132,29 @@ class CostModel:
             return JOB_OVERHEAD_S + UNKNOWN_SEARCH_S_PER_IMAGE * n_train
         return JOB_OVERHEAD_S + c["seconds"] * n_train / max(1, c["images"])
 
-    def found(self, method: str, net: dict[str, dict[str, Any]] | None = None) -> tuple[str, float]:
+    def found(self, method: str, net: dict[str, dict[str, Any]] | None = None,
+              spaces: Sequence[str] = ()) -> tuple[str, float]:
         """The space and MMACs a method's search is expected to find (before it has run), at the size
-        `net` gives its space (scaled by the MACs of the space's reference network at the two sizes)."""
+        `net` gives its space (scaled by the MACs of the space's reference network at the two sizes).
+        A method without a measured search is assumed in the first of its declared `spaces`."""
         c = self.search.get(method) or {}
-        space, mmacs = c.get("space") or "resnet", float(c.get("mmacs") or 20.0)
+        space = c.get("space") or (spaces[0] if spaces else "resnet")
+        mmacs = float(c.get("mmacs") or 20.0)
         size = (net or {}).get(space)
         if size and c.get("net") and size != c["net"]:
-            mmacs *= _reference_mmacs(space, size) / _reference_mmacs(space, c["net"])
+            at_size, at_calibration = _reference_mmacs(space, size), _reference_mmacs(space, c["net"])
+            if at_size and at_calibration:  # else: a space without a reference network keeps the measured MACs
+                mmacs *= at_size / at_calibration
         return space, mmacs
 
 
-def _reference_mmacs(space: str, size: dict[str, Any]) -> float:
-    """MMACs of the space's reference network with its net updated by `size` (CIFAR-10 input)."""
-    from .matching import SCALINGS, counted
+def _reference_mmacs(space: str, size: dict[str, Any]) -> float | None:
+    """MMACs of the space's reference network with its net updated by `size` (CIFAR-10 input); None
+    when the space names no reference network (`Space.reference`)."""
+    from .matching import reference_macs
 
-    net = {"num_classes": 10, "input": [3, 32, 32], **size}
-    _, spec, net = SCALINGS[space].reference(net, None)
-    return counted(space, spec, net).costs["macs"] / 1e6
+    macs = reference_macs(space, {"num_classes": 10, "input": [3, 32, 32], **size})
+    return None if macs is None else macs / 1e6
 
 
 def makespan(durations: Sequence[float], workers: int) -> float:

@@ -10,42 +10,14 @@ checks its own dependencies and prints an estimate of the wall time; after each 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .presets import PRESETS, BenchPreset
+from .results import RESULTS, append_row, read_rows
 
-RESULTS = "results.jsonl"
-
-
-def read_rows(out: Path) -> list[dict[str, Any]]:
-    p = out / RESULTS
-    if not p.exists():
-        return []
-    rows = []
-    for line in p.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: that job simply runs again
-                continue
-    return rows
-
-
-def append_row(out: Path, row: dict[str, Any]) -> None:
-    """Append one result line; a line cut by a kill is closed first, so it cannot swallow this one."""
-    p = out / RESULTS
-    cut = False
-    if p.exists() and p.stat().st_size:
-        with open(p, "rb") as f:
-            f.seek(-1, 2)
-            cut = f.read(1) != b"\n"
-    with open(p, "a") as f:
-        f.write(("\n" if cut else "") + json.dumps(row, default=str) + "\n")
-        f.flush()
-
+__all__ = ["RESULTS", "Harness", "append_row", "check_dependencies", "discover_methods", "read_rows"]
 
 def discover_methods(names: str) -> list[str]:
     """Methods come only from the registry (entry points), never from a hand-written list."""
@@ -146,7 +118,7 @@ class Harness:
         jobs = []
         for m in self.methods:
             try:
-                kinds = tuple(getattr(get_method(m), "budget_kinds", ()))
+                kinds = tuple(get_method(m).budget_kinds)
             except Exception:  # noqa: BLE001 - a broken package fails in its own job, recorded there
                 kinds = ()
             for s in self.seeds:
@@ -249,7 +221,7 @@ class Harness:
             from nas_common.registry import get_method
 
             try:
-                if getattr(get_method(job["method"]), "sample_and_score", None) is None:
+                if not get_method(job["method"]).ranks():
                     return JOB_OVERHEAD_S  # it records that the method has no ranking hook, and ends
             except Exception:  # noqa: BLE001 - a broken package fails in its own job
                 return JOB_OVERHEAD_S
@@ -278,7 +250,7 @@ class Harness:
                          "search_s": float(row.get("search_time_s") or 0.0)}
                 arch, search_s = row["arch"], found["search_s"]
             else:
-                space, mmacs = model.found(m, self.preset.net)
+                space, mmacs = model.found(m, self.preset.net, _declared_spaces(m))
                 found = {"space": space, "mmacs": mmacs, "search_s": secs}
                 arch, search_s = {"space": space}, secs
             for f in self.followups_of(m, s, arch, search_s, job["out"]):
@@ -372,6 +344,8 @@ class Harness:
             print(f"harness: preset {self.preset.name}, dataset {self.dataset}, methods "
                   f"{', '.join(self.methods) or 'none'}, seeds {list(self.seeds)}, launcher {self.launcher_name} "
                   f"x{self.jobs}, out {self.out} ({len(self.done)} rows already done)", flush=True)
+            if self.preset.note:
+                print(f"note: {self.preset.note}", flush=True)
             self.print_estimate(est)
         self._launch(self.search_jobs() + self.baseline_jobs())
         self.estimate()  # the found networks are known now: re-plan the follow-ups with them
@@ -387,8 +361,20 @@ class Harness:
         summary["jobs_run"] = len(self.ran)
         summary["overhead_s"] = wall - inner if self.jobs == 1 and self.ran else None
         summary["overhead_frac"] = (wall - inner) / wall if self.jobs == 1 and self.ran and wall > 0 else None
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        from nas_common.io import atomic_write_text
+
+        atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary
+
+
+def _declared_spaces(method: str) -> tuple[str, ...]:
+    """The spaces a method declares (empty for a package that fails to load: its search job says why)."""
+    from nas_common.registry import get_method
+
+    try:
+        return tuple(get_method(method).spaces)
+    except Exception:  # noqa: BLE001
+        return ()
 
 
 def _preset_epochs(preset: str) -> dict[str, Any]:
@@ -424,8 +410,3 @@ def job_inner_time(row: dict[str, Any]) -> float:
         return float(row.get("rs_spent_s") or 0.0) + float(row.get("retrain_time_s") or 0.0)
     return float(row.get("retrain_time_s") or 0.0)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from .__main__ import main
-
-    sys.exit(main())

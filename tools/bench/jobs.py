@@ -19,7 +19,6 @@ images. Each result names the data and the split that judged it (`judged_on`, wi
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -109,11 +108,13 @@ def sized_for_recipe(arch_dict: dict[str, Any], net: dict[str, dict[str, Any]]) 
     """The arch with the preset's evaluation-network size for its space (same for every arch of the space)."""
     from nas_common.arch import Arch
 
+    from .matching import counted
+
     arch = Arch.from_dict(arch_dict)
     size = net.get(arch.space)
     if size:
         arch = arch.replace(net={**arch.net, **size}, costs={})
-    return arch.with_costs()
+    return counted(arch.space, arch.spec, arch.net).replace(method=arch.method, provenance=arch.provenance)
 
 
 def _torchrun_train(job: dict[str, Any], arch: Any) -> dict[str, Any]:
@@ -123,6 +124,7 @@ def _torchrun_train(job: dict[str, Any], arch: Any) -> dict[str, Any]:
     import numpy as np
 
     from nas_common.arch import save_arch
+    from nas_common.io import atomic_path
 
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -132,8 +134,9 @@ def _torchrun_train(job: dict[str, Any], arch: Any) -> dict[str, Any]:
         ds = _dataset(job)
         tr, te = ds.train, ds.test
         npz = out.parent / f"{out.name}.data.npz"
-        np.savez(npz, x_train=tr.x.permute(0, 2, 3, 1).numpy(), y_train=tr.y.numpy(),
-                 x_test=te.x.permute(0, 2, 3, 1).numpy(), y_test=te.y.numpy())
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+            np.savez(f, x_train=tr.x.permute(0, 2, 3, 1).numpy(), y_train=tr.y.numpy(),
+                     x_test=te.x.permute(0, 2, 3, 1).numpy(), y_test=te.y.numpy())
         dataset = f"npz:{npz}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(job["nproc"]), "-m",
            "nas_common.cli", "train", str(arch_file), "--dataset", dataset, "--out", str(out), "--preset",
@@ -192,10 +195,7 @@ def random_job(job: dict[str, Any]) -> dict[str, Any]:
     _set_threads(job)
     target = sized_for_recipe(job["target"], job.get("net", {}))
     tol = job.get("tolerance", MAC_TOLERANCE)
-    got = random_arch_like(target, seed=job["match_seed"], tol=tol)
-    if got is None:
-        raise NotImplementedError(f"space {target.space!r} has no random sampler (Space.random_spec)")
-    arch, match = got
+    arch, match = random_arch_like(target, seed=job["match_seed"], tol=tol)  # MissingSpaceHook: the row's error
     return {**_retrain(job, arch), "arch": arch.to_dict(), "match": match, "target_macs": target.costs["macs"],
             "within_tolerance": abs(match["mac_gap"]) <= tol}
 
@@ -207,11 +207,7 @@ def reference_job(job: dict[str, Any]) -> dict[str, Any]:
     _set_threads(job)
     target = sized_for_recipe(job["target"], job.get("net", {}))
     tol = job.get("tolerance", MAC_TOLERANCE)
-    got = reference_like(target, job.get("reference"), tol=tol)
-    if got is None:
-        raise NotImplementedError(f"the harness knows no reference network of space {target.space!r} "
-                                  f"(tools.bench.matching.SCALINGS)")
-    arch, match = got
+    arch, match = reference_like(target, job.get("reference"), tol=tol)  # MissingSpaceHook: the row's error
     return {**_retrain(job, arch), "arch": arch.to_dict(), "match": match, "target_macs": target.costs["macs"],
             "within_tolerance": abs(match["mac_gap"]) <= tol, "reference": match["reference"]}
 
@@ -254,8 +250,9 @@ def rs_job(job: dict[str, Any]) -> dict[str, Any]:
     took; the best one is retrained with the shared recipe and judged on the test split."""
     from dataclasses import replace
 
-    from nas_common.arch import Arch, atomic_write_text
+    from nas_common.arch import Arch
     from nas_common.errors import ConfigError
+    from nas_common.io import atomic_write_json
 
     from .matching import MAC_TOLERANCE, random_arch_like
 
@@ -273,10 +270,8 @@ def rs_job(job: dict[str, Any]) -> dict[str, Any]:
     done = json.loads(state_file.read_text())["candidates"] if state_file.exists() else []
 
     def sample(i: int) -> dict[str, Any]:
-        got = random_arch_like(target, seed=job["match_seed"] + 7919 * (i + 1), tol=tol)
-        if got is None:
-            raise NotImplementedError(f"space {target.space!r} has no random sampler (Space.random_spec)")
-        return {"arch": got[0].to_dict(), "match": got[1]}
+        arch, match = random_arch_like(target, seed=job["match_seed"] + 7919 * (i + 1), tol=tol)
+        return {"arch": arch.to_dict(), "match": match}
 
     def score(i: int, cand: dict[str, Any]) -> float:
         res = _fit(job, Arch.from_dict(cand["arch"]), brief, out / f"candidate{i}", job["rs_recipe_preset"],
@@ -284,7 +279,7 @@ def rs_job(job: dict[str, Any]) -> dict[str, Any]:
         return float(res["test_acc"] or 0.0)  # the brief dataset's "test" is the validation part
 
     def record(cands: list[dict[str, Any]]) -> None:
-        atomic_write_text(state_file, json.dumps({"candidates": cands}))
+        atomic_write_json(state_file, {"candidates": cands}, indent=None)
 
     cands = random_search(sample, score, float(job["time_budget_s"]), done=done,
                           min_candidates=job.get("rs_min_candidates", 1),
@@ -323,8 +318,7 @@ def rank_job(job: dict[str, Any]) -> dict[str, Any]:
 
     _set_threads(job)
     cls = get_method(job["method"])
-    hook = getattr(cls, "sample_and_score", None)
-    if hook is None:
+    if not cls.ranks():
         return {"kendall_tau": None, "note": "method has no sample_and_score hook"}
     ds = _dataset(job)
     task = Task(dataset=ds, device=resolve_device(job.get("device")), seed=job["seed"])
@@ -359,9 +353,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             raise
         out = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=20)}
     out["job_wall_s"] = time.time() - t0
-    tmp = Path(job["out"]) / (RESULT_NAME + ".tmp")
-    tmp.write_text(json.dumps(out, default=str))
-    os.replace(tmp, Path(job["out"]) / RESULT_NAME)
+    from nas_common.io import atomic_write_text
+
+    atomic_write_text(Path(job["out"]) / RESULT_NAME, json.dumps(out, default=str))
     return out
 
 

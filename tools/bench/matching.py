@@ -7,180 +7,67 @@ found network's MACs (counted at the shared recipe's size):
 * `random_arch_like(target, seed)` draws from the space's own uniform sampler (`Space.random_spec`)
   and keeps the first draw within the tolerance (rejection sampling: a uniform draw *given* the cost).
   When no draw lands within `tries` (the target lies in a tail the sampler rarely reaches, e.g. a NAT
-  cell full of skips), the closest draw is widened or narrowed uniformly until it does; the result
-  says which of the two happened (`matched_by`).
-* `reference_like(target)` scales the space's reference network (ResNet-56's widths, DARTS-V2's C,
-  the full B-ResNet / supernet) to the same MACs.
+  cell full of skips), the closest draw is widened or narrowed uniformly (`Space.scaled`) until it
+  does; the result says which of the two happened (`matched_by`).
+* `reference_like(target)` scales the space's reference network (`Space.reference`: ResNet-56,
+  DARTS-V2, the full B-ResNet or supernet) to the same MACs.
 
-How a network of a space is made wider or narrower, and which network is its reference, is one entry
-per space in `SCALINGS`. A space object may instead define `scaled(spec, net, k) -> (spec, net)` and
-`reference(net) -> (name, spec, net)` itself; those win.
+Everything space-specific comes from the space's own hooks (`nas_common.spaces.base.Space`):
+`random_spec`, `scaled(spec, net, k)`, `reference(net)`, `size_variants(net)` (other net settings to
+try where integer widths step over the tolerance) and `costs(spec, net)` (closed-form MACs, used
+instead of counting where the space has it). The harness names no space and imports no method
+package. A space that lacks a hook a baseline needs raises `MissingSpaceHook` naming it, which the
+job records as its row's error.
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from nas_common.arch import Arch
+from nas_common.errors import ConfigError
 
 MAC_TOLERANCE = 0.05  # |MACs / target - 1| of every random and reference baseline
 
 SpecNet = tuple[dict[str, Any], dict[str, Any]]
 
-
-@dataclass(frozen=True)
-class Scaling:
-    """How the harness scales the networks of one space by a width multiplier `k`.
-
-    `scale(spec, net, k, extra)` returns the (spec, net) with every width multiplied by about k and the
-    net keys `extra` set; `reference(net, name)` the space's reference network at `net`'s size, as
-    (name, spec, net); `variants(net)` further `extra`s to try, in order, when integer widths step over
-    the tolerance (DARTS: other cell counts; supernets: other stem widths).
-    """
-
-    scale: Callable[[dict[str, Any], dict[str, Any], float, dict[str, Any]], SpecNet]
-    reference: Callable[[dict[str, Any], str | None], tuple[str, dict[str, Any], dict[str, Any]]]
-    variants: Callable[[dict[str, Any]], list[dict[str, Any]]] = field(default=lambda net: [])
+#: the Space hooks the harness calls, and what it needs each one for
+HOOKS = {
+    "random_spec": "random architectures of the space (Space.random_spec(rng, net))",
+    "scaled": "widening or narrowing a network to a target cost (Space.scaled(spec, net, k))",
+    "reference": "the space's reference network (Space.reference(net) -> (name, spec, net))",
+}
 
 
-SCALINGS: dict[str, Scaling] = {}
+class MissingSpaceHook(ConfigError):
+    """A space does not implement a `Space` hook that a baseline of the harness needs."""
+
+    def __init__(self, space: str, hook: str, detail: str = "") -> None:
+        self.space, self.hook = space, hook
+        super().__init__(f"space {space!r} does not implement Space.{hook}, needed for {HOOKS[hook]}"
+                         f"{': ' + detail if detail else ''}; the package that registers the space must add it")
 
 
-def register_scaling(space: str, scaling: Scaling) -> Scaling:
-    SCALINGS[space] = scaling
-    return scaling
-
-
-def _w(c: int, k: float) -> int:
-    return max(1, int(round(c * k)))
-
-
-# ---- resnet: every conv width and the stem -----------------------------------------------------------
-def _resnet_scale(spec: dict[str, Any], net: dict[str, Any], k: float, extra: dict[str, Any]) -> SpecNet:
-    s = copy.deepcopy(spec)
-    s["stem"] = _w(spec["stem"], k)
-    s["widths"] = [[[_w(c, k) for c in blk] for blk in stage] for stage in spec["widths"]]
-    return s, {**net, **extra}
-
-
-def _resnet_reference(net: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    from nas_common.arch import get_arch
-
-    name = name or ("resnet56" if max(net["input"][1:]) <= 64 else "resnet18")
-    return name, get_arch(name).spec, net
-
-
-register_scaling("resnet", Scaling(_resnet_scale, _resnet_reference))
-
-
-# ---- DARTS cells: C, then the number of cells ----------------------------------------------------------
-def _darts_scale(spec: dict[str, Any], net: dict[str, Any], k: float, extra: dict[str, Any]) -> SpecNet:
-    return spec, {**net, "C": _w(net["C"], k), **extra}
-
-
-def _darts_reference(net: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    from nas_common.arch import get_arch
-
-    name = name or "darts-v2"
-    return name, get_arch(name).spec, net
-
-
-def _darts_variants(net: dict[str, Any]) -> list[dict[str, Any]]:
-    layers = net["layers"]
-    return [{"layers": layers + d} for d in (1, -1, 2, -2, 3, -3) if layers + d >= 3]
-
-
-for _space in ("darts", "darts-bn"):
-    register_scaling(_space, Scaling(_darts_scale, _darts_reference, _darts_variants))
-
-
-# ---- BSN's B-ResNet / B-CNF: the super graph's widths; the reference keeps every module ----------------
-def _bsn_scale(spec: dict[str, Any], net: dict[str, Any], k: float, extra: dict[str, Any]) -> SpecNet:
-    if "widths" in net:
-        return spec, {**net, "widths": [_w(c, k) for c in net["widths"]], **extra}
-    return spec, {**net, "channels": _w(net["channels"], k), **extra}
-
-
-def _bsn_reference(space_name: str) -> Callable[[dict[str, Any], str | None], tuple[str, dict, dict]]:
-    def ref(net: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        from bsn_nas.spaces import graph_of  # only reached when bsn (which registers the space) is installed
-
-        space = _space_of(space_name)
-        net = space.validate_net(net)
-        label = "B-ResNet (all modules)" if space_name == "bsn-resnet" else "B-CNF (all modules)"
-        return name or label, {"keep": list(graph_of(space_name, net).gate_names)}, net
-
-    return ref
-
-
-for _space in ("bsn-resnet", "bsn-cnf"):
-    register_scaling(_space, Scaling(_bsn_scale, _bsn_reference(_space)))
-
-
-# ---- posterior-nas supernets: the width; a pruned net keeps each group's kept fraction -----------------
-def _supnet_scale(space_name: str) -> Callable[[dict[str, Any], dict[str, Any], float, dict[str, Any]], SpecNet]:
-    def scale(spec: dict[str, Any], net: dict[str, Any], k: float, extra: dict[str, Any]) -> SpecNet:
-        space = _space_of(space_name)
-        net = space.validate_net(net)
-        width = _w(net["width"], k)
-        if space.kind == "R":
-            width = max(4, 4 * int(round(width / 4)))
-        new_net = {**net, "width": width}
-        if "stem" in net:
-            new_net["stem"] = _w(net["stem"], k)
-        new_net.update(extra)
-        if not spec.get("keep"):
-            return spec, new_net
-        import torch
-
-        old_plan, new_plan = space.plan(net), space.plan(new_net)
-        mask = space.mask_of(spec, net)
-        frac, start = {}, 0
-        for g, c in old_plan.groups:
-            frac[g] = float(mask[start:start + c].float().mean())
-            start += c
-        parts = []
-        for g, c in new_plan.groups:  # the same fraction kept per group, spread evenly over its channels
-            f = frac.get(g, 1.0)
-            idx = torch.arange(c, dtype=torch.float64)
-            parts.append(torch.floor((idx + 1) * f) > torch.floor(idx * f))
-        return space.spec_of(torch.cat(parts), new_net), new_net
-
-    return scale
-
-
-def _supnet_reference(net: dict[str, Any], name: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    return name or "full supernet", {"keep": {}}, net
-
-
-def _supnet_variants(net: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"stem": net["stem"] + d} for d in (1, -1, 2, -2, 3, -3, 4, -4)
-            if "stem" in net and net["stem"] + d >= 1]
-
-
-for _space in ("supnet-m", "supnet-mi", "supnet-r"):
-    register_scaling(_space, Scaling(_supnet_scale(_space), _supnet_reference, _supnet_variants))
-
-
-# ---- matching -----------------------------------------------------------------------------------------
 def _space_of(name: str) -> Any:
     from nas_common.registry import SPACES
 
     return SPACES.get(name)
 
 
-def _scaling(space_name: str) -> Scaling | None:
-    space = _space_of(space_name)
-    own_scale, own_ref = getattr(space, "scaled", None), getattr(space, "reference", None)
-    if callable(own_scale) and callable(own_ref):  # the space knows best
-        variants = SCALINGS[space_name].variants if space_name in SCALINGS else (lambda net: [])
-        return Scaling(own_scale, lambda net, name: own_ref(net), variants)
-    return SCALINGS.get(space_name)
+def has_hook(space_name: str, hook: str) -> bool:
+    """Whether the space overrides the `Space` base class's `hook` (whose default raises)."""
+    from nas_common.spaces.base import Space
+
+    impl = getattr(type(_space_of(space_name)), hook, None)
+    return impl is not None and impl is not getattr(Space, hook, None)
+
+
+def _require(space_name: str, hook: str, detail: str = "") -> None:
+    if not has_hook(space_name, hook):
+        raise MissingSpaceHook(space_name, hook, detail)
 
 
 def gap(macs: float, target: float) -> float:
@@ -189,8 +76,14 @@ def gap(macs: float, target: float) -> float:
 
 
 def counted(space: str, spec: dict[str, Any], net: dict[str, Any]) -> Arch:
+    """The arch with its MACs and params: the space's closed form (`Space.costs`) where it has one,
+    else counted on the built network."""
     sp = _space_of(space)
-    return Arch(space, sp.validate_spec(spec), sp.validate_net(net)).with_costs()
+    spec, net = sp.validate_spec(spec), sp.validate_net(net)
+    closed = sp.costs(spec, net)
+    if closed is not None:
+        return Arch(space, spec, net, costs={"macs": float(closed["macs"]), "params": float(closed["params"])})
+    return Arch(space, spec, net).with_costs()
 
 
 def fit_macs(make: Callable[[float], Arch], target: float, k0: float = 1.0, tol: float = MAC_TOLERANCE,
@@ -229,22 +122,27 @@ def fit_macs(make: Callable[[float], Arch], target: float, k0: float = 1.0, tol:
     return best, k
 
 
-def _fit_scaled(sc: Scaling, space: str, spec: dict[str, Any], net: dict[str, Any], target: float,
-                tol: float, reference: Callable[[dict[str, Any]], SpecNet] | None = None
-                ) -> tuple[Arch, dict[str, Any]]:
-    """Scale (spec, net) to `target` MACs, trying the space's variants when widths alone miss `tol`.
+def _fit_scaled(space_name: str, spec: dict[str, Any], net: dict[str, Any], target: float, tol: float,
+                respec: Callable[[dict[str, Any]], SpecNet] | None = None) -> tuple[Arch, dict[str, Any]]:
+    """Scale (spec, net) to `target` MACs with `Space.scaled`, trying `Space.size_variants` of the net
+    when widths alone miss `tol`.
 
-    `reference(net)`, when given, rebuilds the spec for each variant net (a reference network's spec
-    can depend on the net, e.g. BSN's module names).
+    `respec(net)`, when given, rebuilds (spec, net) for each variant net (a reference network's spec can
+    depend on the net, e.g. the module names of a super graph).
     """
-    start = counted(space, spec, net)
+    space = _space_of(space_name)
+
+    def make(s: dict[str, Any], n: dict[str, Any]) -> Callable[[float], Arch]:
+        return lambda k: counted(space_name, *space.scaled(s, n, k))
+
+    start = counted(space_name, spec, net)
     k0 = math.sqrt(target / max(1.0, start.costs["macs"]))
-    best, k = fit_macs(lambda k: counted(space, *sc.scale(spec, net, k, {})), target, k0, tol)
+    best, k = fit_macs(make(spec, net), target, k0, tol)
     used: dict[str, Any] = {}
     if abs(gap(best.costs["macs"], target)) > tol:
-        for extra in sc.variants(net):
-            s, n = (spec, net) if reference is None else reference({**net, **extra})
-            cand, kk = fit_macs(lambda k, s=s, n=n, e=extra: counted(space, *sc.scale(s, n, k, e)), target, k0, tol)
+        for extra in space.size_variants(net):
+            s, n = (spec, {**net, **extra}) if respec is None else respec({**net, **extra})
+            cand, kk = fit_macs(make(s, n), target, k0, tol)
             if abs(gap(cand.costs["macs"], target)) < abs(gap(best.costs["macs"], target)):
                 best, k, used = cand, kk, extra
             if abs(gap(best.costs["macs"], target)) <= tol:
@@ -253,13 +151,15 @@ def _fit_scaled(sc: Scaling, space: str, spec: dict[str, Any], net: dict[str, An
 
 
 def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries: int = 40,
-                     max_seconds: float = 30.0, hopeless_after: int = 15) -> tuple[Arch, dict[str, Any]] | None:
+                     max_seconds: float = 30.0, hopeless_after: int = 15) -> tuple[Arch, dict[str, Any]]:
     """A random arch of `target`'s space (same net) within `tol` of its MACs, and how it was matched.
 
     Draws up to `tries` times (and `max_seconds`; after `hopeless_after` draws none of which came
-    within 4 x `tol`, the target is out of the sampler's reach), then rescales the closest draw. None
-    when the space has no sampler. `target` must carry its costs (`Arch.with_costs()`).
+    within 4 x `tol`, the target is out of the sampler's reach), then rescales the closest draw.
+    `target` must carry its costs (`counted` or `Arch.with_costs()`). Raises `MissingSpaceHook` when
+    the space has no sampler, or when no draw came within `tol` and the space cannot scale networks.
     """
+    _require(target.space, "random_spec")
     space = _space_of(target.space)
     rng = random.Random(seed)
     want = target.costs["macs"]
@@ -269,11 +169,7 @@ def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries:
         if time.monotonic() - t0 > max_seconds:
             tries = t - 1
             break
-        try:
-            spec = space.random_spec(rng, dict(target.net))
-        except NotImplementedError:
-            return None
-        cand = counted(target.space, spec, dict(target.net))
+        cand = counted(target.space, space.random_spec(rng, dict(target.net)), dict(target.net))
         g = gap(cand.costs["macs"], want)
         if abs(g) <= tol and cand != target:
             return cand, {"matched_by": "rejection", "draws": t, "mac_gap": g}
@@ -282,24 +178,48 @@ def random_arch_like(target: Arch, seed: int, tol: float = MAC_TOLERANCE, tries:
         if t >= hopeless_after and abs(best_gap) > 4 * tol:
             tries = t
             break
-    info: dict[str, Any] = {"matched_by": "closest draw", "draws": tries}
-    sc = _scaling(target.space)
-    if best is not None and sc is not None:
-        best, extra = _fit_scaled(sc, target.space, best.spec, best.net, want, tol)
-        info = {"matched_by": "closest draw rescaled", "draws": tries, **extra}
     if best is None:
-        return None
-    info["mac_gap"] = gap(best.costs["macs"], want)
-    return best, info
+        raise ConfigError(f"the {target.space} sampler drew only the target itself in {tries} draws")
+    _require(target.space, "scaled", f"no random draw of {tries} came within {100 * tol:g}% of the target's "
+                                     f"MACs (closest {100 * best_gap:+.0f}%) and it cannot be rescaled")
+    best, extra = _fit_scaled(target.space, best.spec, best.net, want, tol)
+    return best, {"matched_by": "closest draw rescaled", "draws": tries, **extra,
+                  "mac_gap": gap(best.costs["macs"], want)}
 
 
 def reference_like(target: Arch, name: str | None = None, tol: float = MAC_TOLERANCE
-                   ) -> tuple[Arch, dict[str, Any]] | None:
-    """The space's reference network (or built-in `name`) scaled to `target`'s MACs; None if unknown."""
-    sc = _scaling(target.space)
-    if sc is None:
-        return None
-    label, spec, net = sc.reference(dict(target.net), name)
-    arch, info = _fit_scaled(sc, target.space, spec, net, target.costs["macs"], tol,
-                             reference=lambda n: sc.reference(n, name)[1:])
+                   ) -> tuple[Arch, dict[str, Any]]:
+    """The space's reference network (`Space.reference`, or the built-in arch `name` of the same space)
+    scaled to `target`'s MACs. Raises `MissingSpaceHook` when the space lacks `reference` or `scaled`."""
+    space_name = target.space
+    _require(space_name, "scaled")
+    space = _space_of(space_name)
+    if name is not None:
+        from nas_common.arch import get_arch
+
+        ref = get_arch(name)
+        if ref.space != space_name:
+            raise ConfigError(f"reference {name!r} is a {ref.space} network, not one of the {space_name} space")
+
+        def respec(net: dict[str, Any]) -> SpecNet:
+            return ref.spec, space.validate_net(net)
+
+        label = name
+    else:
+        _require(space_name, "reference")
+
+        def respec(net: dict[str, Any]) -> SpecNet:
+            return space.reference(net)[1:]
+
+        label = space.reference(dict(target.net))[0]
+    spec, net = respec(dict(target.net))
+    arch, info = _fit_scaled(space_name, spec, net, target.costs["macs"], tol, respec=respec)
     return arch, {"reference": label, **info, "mac_gap": gap(arch.costs["macs"], target.costs["macs"])}
+
+
+def reference_macs(space_name: str, net: dict[str, Any]) -> float | None:
+    """MACs of the space's reference network at `net` (None when the space names none)."""
+    if not has_hook(space_name, "reference"):
+        return None
+    _, spec, net = _space_of(space_name).reference(net)
+    return counted(space_name, spec, net).costs["macs"]

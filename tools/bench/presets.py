@@ -49,7 +49,11 @@ class BenchPreset:
     split_seed: int = 0  # which images are held out (the same for every seed and method)
     rank_seeds: int | None = 1  # the ranking check runs on the first N seeds (None: all)
     alpha: float = 0.05  # level of the one-sided tests behind the verdicts
+    note: str = ""  # what the preset's numbers mean, printed with its table and written into results.md
 
+
+WIRING_ONLY = ("its accuracies check the wiring only (one seed, a few epochs on a small subset: differences "
+               "between rows are noise); `--preset evidence` measures the methods")
 
 PRESETS: dict[str, BenchPreset] = {
     # seconds: checks that everything is wired (the harness's own tests use it, with fake methods)
@@ -61,6 +65,7 @@ PRESETS: dict[str, BenchPreset] = {
         baselines=("resnet20",), random_per_space=1, rank_samples=2,
         rank_overrides={"epochs": 1, "batch_size": 32}, reference=True, random_search=True,
         rs_overrides={"epochs": 1, "batch_size": 16, "eval_every": 0}, rs_n_train=32, val_fraction=0.25,
+        note=f"preset micro (the harness's tests): {WIRING_ONLY}",
     ),
     "smoke": BenchPreset(
         name="smoke", dataset="cifar10-mini", n_train=1024, n_test=500, method_preset="tiny",
@@ -69,6 +74,7 @@ PRESETS: dict[str, BenchPreset] = {
         net={"darts": {"C": 8, "layers": 5, "auxiliary": False}},
         baselines=("resnet20", "darts-v2"), random_per_space=1, rank_samples=3,
         rank_overrides={"epochs": 1, "batch_size": 64},
+        note=f"preset smoke (make demo): {WIRING_ONLY}",
     ),
     "mini": BenchPreset(
         name="mini", dataset="cifar10-mini", n_train=None, n_test=None, method_preset="tiny",

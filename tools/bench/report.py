@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_common.benchmarking import markdown_table
+from nas_common.io import atomic_path, atomic_write_text
 
 HEADERS = ["method", "space", "MACs (M)", "params (M)", "search time (s)", "retrain time (s)",
            "test acc (mean, 95% CI)", "Kendall τ", "seeds", "notes"]
@@ -254,21 +255,23 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     if ci:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
 def write_report(out: Path, rows: list[dict[str, Any]] | None = None, alpha: float | None = None) -> dict[str, Any]:
-    from .harness import read_rows
     from .presets import PRESETS
+    from .results import read_rows
 
     out = Path(out)
     rows = rows if rows is not None else read_rows(out)
     summary = summarize(rows)
     first = next((r for r in rows if r.get("provenance")), {})
+    preset = PRESETS.get(first.get("preset", ""))
     if alpha is None:
-        preset = PRESETS.get(first.get("preset", ""))
         alpha = preset.alpha if preset is not None else 0.05
+    note = preset.note if preset is not None else ""
     comparisons = compare(rows, alpha)
     ranks = ranking(rows)
     prov = first.get("provenance", {})
@@ -278,7 +281,7 @@ def write_report(out: Path, rows: list[dict[str, Any]] | None = None, alpha: flo
             f"MACs are multiply-accumulates (what papers call FLOPs) of the network as retrained (the shared "
             f"recipe sizes every DARTS-space network alike). Accuracy: mean over seeds and its 95% Student-t "
             f"interval. Every random and reference network is matched to the found network's MACs; random "
-            f"search spends the method's search time.\n\n")
+            f"search spends the method's search time.\n\n" + (f"**Note**: {note}.\n\n" if note else ""))
     data = data_lines(rows)
     md = head + table(summary) + "\n"
     if data:
@@ -294,11 +297,11 @@ def write_report(out: Path, rows: list[dict[str, Any]] | None = None, alpha: flo
         md += ("\n## Ranking: Kendall's τ between supernet and stand-alone accuracy\n\nMean of each seed's "
                "τ-b; 95% percentile bootstrap interval resampling architectures (scipy.stats.bootstrap).\n\n"
                + rank_table(ranks) + "\n")
-    (out / "results.md").write_text(md)
+    atomic_write_text(out / "results.md", md)
     plot(summary, out / "pareto.png")
     return {"rows": len(rows), "entries": summary, "comparisons": comparisons, "ranking": ranks,
             "results_md": str(out / "results.md"), "pareto_png": str(out / "pareto.png"), "table": table(summary),
-            "compare_table": compare_table(comparisons) if comparisons else ""}
+            "compare_table": compare_table(comparisons) if comparisons else "", "note": note}
 
 
 def report_json(summary: dict[str, Any]) -> str:

@@ -268,9 +268,11 @@ def test_impossible_budget_is_refused_up_front(tmp_path) -> None:
         run_search("bsn", _task(budget=Budget(macs=floor * 0.9)), out=tmp_path / "r", preset="tiny",
                    overrides={"depth": 8, "widths": [4, 8, 8], "epochs": 1, "batch_size": 16, "val_size": 16},
                    progress=False)
-    assert not (tmp_path / "r" / "checkpoints").exists()
-    with pytest.raises(BudgetError, match="budget_distributed"):
+    assert not (tmp_path / "r").exists(), "the refusal must come before the run directory is created"
+    with pytest.raises(BudgetError, match="--budget distributed:2=2"):
         check_budgets(g, {"distributed": (1.0, 0.1)}, k=2)
+    with pytest.raises(BudgetError, match="--budget bsn-paper="):
+        check_budgets(g, {"paper": (floor * 0.9, 1e-7)}, k=2)
     check_budgets(g, {"macs": (floor, 1e-7)}, k=2)  # exactly the floor is feasible
 
 
@@ -332,17 +334,60 @@ def test_search_shrinks_towards_budget_and_reports(tmp_path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_distributed_budget_option(tmp_path) -> None:
+def test_distributed_budget_is_a_nas_common_budget(tmp_path) -> None:
+    """`--budget distributed:K=STEPS` (a nas_common Budget) sets K and the limit; the found arch carries
+    its makespan under the budget's key, equal to nas_common's `distributed:K` count of the built network."""
+    from nas_common.costs import measure_cost
     from nas_common.search import run_search
 
-    result, arch = run_search("bsn", _task(), out=tmp_path / "r", preset="tiny", progress=False,
-                              overrides={**TestBSNConformance.micro, "budget_distributed": 2.0,
-                                         "distributed_k": 1})
-    assert result.state["budgets"] == {"distributed": 2.0}
+    result, arch = run_search("bsn", _task(budget=Budget(limits={"distributed:1": 2.0})), out=tmp_path / "r",
+                              preset="tiny", progress=False, overrides=TestBSNConformance.micro)
+    assert result.state["budgets"] == {"distributed": 2.0} and result.state["distributed_k"] == 1
     steps = result.metrics["derived_distributed"]
-    assert steps == arch.provenance["distributed"]
+    assert steps == arch.costs["distributed:1"] == measure_cost(arch.build(), "distributed:1", (3, 32, 32))
     over = [o for o in result.metrics["over_budget"] if o.startswith("distributed")]
     assert bool(over) == (steps > 2.0)  # an over-budget network is reported, never silently accepted
+    assert load_arch(tmp_path / "r" / "arch.json").costs["distributed:1"] == steps
+
+
+@pytest.mark.parametrize("make,net", [(resnet_graph, MICRO_NET), (rescnf_graph, RESCNF_NET), (cnf_graph, CNF_NET)])
+def test_networks_describe_their_module_dag_for_the_distributed_cost(make, net) -> None:
+    """nas_common's `distributed:K` cost of a built network (its `module_dag`) equals BSN's batched
+    schedule of the same pattern, for derived networks and the full super network."""
+    from nas_common.costs import measure_cost
+
+    g = make(net)
+    rng = random.Random(1)
+    checked = 0
+    for _ in range(40):
+        keep = [nm for nm in g.gate_names if rng.random() < 0.7]
+        if not g.connected(keep):
+            continue
+        model = BSNNetwork(g, keep=g.prune(keep))
+        for k in (1, 2, 3):
+            assert measure_cost(model, f"distributed:{k}", tuple(net["input"])) == pattern_costs(g, keep, k)[
+                "distributed"], (keep, k)
+        checked += 1
+        if checked == 4:
+            break
+    assert checked == 4
+    nodes, edges, steps = BSNNetwork(g).module_dag()
+    assert len(nodes) == len(g.nodes) and set(steps) == set(nodes)
+    assert measure_cost(BSNNetwork(g), "distributed:2", tuple(net["input"])) == full_cost(g, "distributed", 2)
+
+
+def test_the_papers_flop_count_is_a_budget(tmp_path) -> None:
+    """`--budget bsn-paper=FLOPS` limits the paper's count; the arch carries it as `bsn-paper`."""
+    from nas_common.search import run_search
+
+    g = rescnf_graph(MICRO_RESCNF)
+    budget = 0.7 * full_cost(g, "paper")
+    result, arch = run_search("bsn", _task(budget=Budget(limits={"bsn-paper": budget})), out=tmp_path / "r",
+                              preset="tiny", progress=False,
+                              overrides={**TestBSNConformance.micro, "lambda_paper": 2e-5})
+    assert result.state["budgets"] == {"paper": budget}
+    assert arch.costs["bsn-paper"] == pytest.approx(count_paper_flops(arch.build(), (3, 32, 32)))
+    assert arch.costs["bsn-paper"] <= budget and result.metrics["over_budget"] == []
 
 
 # ---- conformance --------------------------------------------------------------------------------
@@ -353,6 +398,9 @@ class TestBSNConformance(SearchMethodTests):
              "gate_lr": 2.0, "lambda_macs": 2e-5, "eval_batch_size": 64,
              "unbudgeted_cost": "none"}
     budget = Budget(macs=0.7 * 1_000_000)  # replaced below by 70% of the micro super network's MACs
+    # `auto` reads the sampled pattern on the host by design on the CPU (free there); on an accelerator
+    # it runs dense, which the no-host-sync test checks
+    accelerator_micro = {"execution": "dense"}
 
 
 TestBSNConformance.budget = Budget(macs=0.7 * full_cost(rescnf_graph(MICRO_RESCNF), "macs"))

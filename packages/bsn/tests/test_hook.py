@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from bsn_nas import BSNSearch, resnet_graph
 from bsn_nas.search import sample_distinct
 from nas_common import Task, get_dataset
+from nas_common.config import to_toml
 from nas_common.data import make_loader
 from nas_common.errors import ConfigError, NASError, RunError
 from nas_common.methods import SearchResult
@@ -35,14 +37,21 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _edited_run(run_dir: Path, dest: Path, **changes: object) -> Path:
-    """A copy of run_dir whose final checkpoint has `changes` applied (logits, epoch, config)."""
+def _edited_run(run_dir: Path, dest: Path, epoch: int | None = None, config: dict | None = None,
+                **extra: object) -> Path:
+    """A copy of run_dir whose final checkpoint ("nas-ckpt/2") has another `epoch` or `extra` values
+    (logits, held_out), or whose config.toml has the config values `config`."""
     shutil.copytree(run_dir, dest)
     ckpt = dest / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=False)
-    for key, value in changes.items():
-        state[key] = value
+    if epoch is not None:
+        state["epoch"] = epoch
+    state["extra"].update(extra)
     torch.save(state, ckpt)
+    if config:
+        record = tomllib.loads((dest / "config.toml").read_text())
+        record["config"].update(config)
+        (dest / "config.toml").write_text(to_toml(record))
     return dest
 
 
@@ -65,7 +74,7 @@ def test_score_is_the_pruned_networks_accuracy_and_arch_is_derives(run_dir: Path
     """Each score equals the held-out accuracy of that Arch, physically pruned, with the supernet's weights;
     each Arch is what `derive` writes when exactly its gates are on."""
     pairs = BSNSearch().sample_and_score(run_dir, _task(), 6, seed=3)
-    sup = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+    sup = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]["net"]
     train = _task().dataset.train
     held = train.subset(torch.arange(N_TRAIN - VAL, N_TRAIN))  # BSN validates on the last val_size images
     (x, y), = list(make_loader(held, VAL, train=False))
@@ -121,13 +130,20 @@ def test_hook_errors_are_one_line(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(NASError, match="does not exist") as e:
         BSNSearch().sample_and_score(tmp_path / "nothing", _task(), 3, seed=0)
     assert "\n" not in str(e.value)
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     unfinished = _edited_run(run_dir, tmp_path / "unfinished", epoch=1)
     with pytest.raises(RunError, match="stopped after epoch 1 of 4.*--resume"):
         BSNSearch().sample_and_score(unfinished, _task(), 3, seed=0)
-    no_val = _edited_run(run_dir, tmp_path / "noval", config={**state["config"], "val_size": 0})
+    no_val = _edited_run(run_dir, tmp_path / "noval", config={"val_size": 0})
     with pytest.raises(ConfigError, match="val_size=0"):
         BSNSearch().sample_and_score(no_val, _task(), 3, seed=0)
+    # the held-out images are checked against the fingerprint the search recorded
+    other = _edited_run(run_dir, tmp_path / "other", held_out={"images": VAL, "digest": "0" * 16})
+    with pytest.raises(RunError, match="held-out images .* differ") as e:
+        BSNSearch().sample_and_score(other, _task(), 3, seed=0)
+    assert "\n" not in str(e.value)
+    more = Task(dataset=get_dataset("cifar10-mini").subset(N_TRAIN + 32, 16), seed=0)  # other images held out
+    with pytest.raises(RunError, match="held-out images"):
+        BSNSearch().sample_and_score(run_dir, more, 3, seed=0)
     grey = tmp_path / "grey.npz"  # another dataset: refused before the supernet is even built
     rng = np.random.default_rng(0)
     np.savez(grey, x_train=rng.integers(0, 256, (N_TRAIN, 32, 32, 1), dtype=np.uint8),

@@ -11,10 +11,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bsn_nas import BSNConfig, Schedule, SearchStep, cnf_graph, cost_table, rescnf_graph
 from bsn_nas.costs import makespan
 from nas_common import Budget, Task, get_dataset
+from nas_common.oneshot import Accumulator
+from nas_common.testing import SYNC_OPS as NAS_SYNC_OPS
 
-# aten ops that make the host wait for the device (or need a data-dependent output size)
+# a MACs budget, the paper's FLOPs and the distributed makespan on 2 workers, all through nas_common's Budget
+BUDGETS = Budget(limits={"macs": 1e9, "bsn-paper": 1.0e6, "distributed:2": 6.0})
+
+# aten ops that make the host wait for the device (or need a data-dependent output size), or copy host
+# data to it (lift_fresh: torch.tensor(...), or a Python scalar written into a slice); nas_common's list too
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "unique", "_unique", "_unique2", "unique_dim", "unique_consecutive",
-            "masked_select", "multinomial", "is_nonzero", "equal", "item"}
+            "masked_select", "multinomial", "is_nonzero", "equal", "item", "lift_fresh"} | set(NAS_SYNC_OPS)
 # Tensor methods that copy to the host
 SYNC_METHODS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
 
@@ -82,14 +88,15 @@ def test_search_step_has_no_host_sync(monkeypatch: pytest.MonkeyPatch, supernet:
     accelerator (dense: what `auto` runs off the CPU): nothing in it copies to the host or waits (the
     per-device matrices of the graph and the tables are made when the step is built)."""
     extra = {"cnf_layers": 2, "cnf_channels": 4} if supernet == "cnf" else {}
-    step, x, y = _step(Budget(macs=1e9), supernet=supernet, execution="dense", budget_distributed=6.0,
-                       budget_paper=1.0e6, distributed_k=2, **extra)
-    assert set(step.budgets) == {"macs", "paper", "distributed"}
+    step, x, y = _step(BUDGETS, supernet=supernet, execution="dense", **extra)
+    assert set(step.budgets) == {"macs", "paper", "distributed"} and step.k == 2
     before = step.logits.detach().clone()
+    acc = Accumulator(torch.device("cpu"))
     with no_host_sync(monkeypatch) as hits:
-        stats = step(x, y)
+        step(x, y, acc)
     assert hits == [], sorted(set(hits))
-    assert stats.shape == (3 + 3,) and stats.dtype == torch.float64
+    stats = acc.compute()
+    assert stats["n"] == 16 and {"penalty", "sampled_macs", "sampled_paper", "sampled_distributed"} <= set(stats)
     assert not torch.equal(step.logits.detach(), before)  # the gates learned in the step
 
 
@@ -147,16 +154,16 @@ def test_makespan_with_durations_and_dynamic_zero_nodes() -> None:
 def test_search_step_has_no_host_sync_on_cuda() -> None:
     """The default config on a GPU (`auto` runs dense there): CUDA reports no synchronising call in a step."""
     ds = get_dataset("cifar10-mini").subset(32, 8)
-    task = Task(dataset=ds, budget=Budget(macs=1e9), device=torch.device("cuda"))
-    step = SearchStep.build(task, BSNConfig(depth=8, widths=(4, 8, 8), batch_size=16, val_size=16,
-                                            budget_distributed=6.0, budget_paper=1e6))
+    task = Task(dataset=ds, budget=BUDGETS, device=torch.device("cuda"))
+    step = SearchStep.build(task, BSNConfig(depth=8, widths=(4, 8, 8), batch_size=16, val_size=16))
     x = (ds.train.x[:16].float() / 255.0).cuda()
     y = ds.train.y[:16].cuda()
-    step(x, y)  # warm-up: the per-device caches of the graph, the tables and the schedule
+    acc = Accumulator(torch.device("cuda"))
+    step(x, y, acc)  # warm-up: the per-device caches of the graph, the tables and the schedule
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        stats = step(x, y)
+        step(x, y, acc)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert stats.device.type == "cuda"
+    assert acc.compute()["n"] == 32

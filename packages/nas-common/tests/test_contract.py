@@ -17,7 +17,7 @@ from nas_common.cli import main
 from nas_common.errors import BudgetError, ConfigError, RegistryError
 from nas_common.registry import METHODS, MethodRegistry, register_method, unregister_method
 from nas_common.search import run_search
-from nas_common.testing import HostSyncDetector, detect_host_syncs
+from nas_common.syncs import HostSyncDetector, detect_host_syncs
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def test_nas_list_shows_versions_spaces_budgets_and_ranking(capsys: pytest.Captu
 ])
 def test_detector_catches_syncs(op: Any, name: str) -> None:
     det = HostSyncDetector()
-    with det, det._methods():
+    with det:
         op(torch.randn(5))
     assert name in det.found
 
@@ -195,7 +195,7 @@ def test_detector_catches_syncs(op: Any, name: str) -> None:
 def test_detector_passes_sync_free_steps_and_counts_them(toy, tmp_path: Path) -> None:
     t = torch.randn(5)
     det = HostSyncDetector()
-    with det, det._methods():
+    with det:
         torch.where(t > 0, t, 0.0).topk(2).values.softmax(0)
     assert not det.found
     with detect_host_syncs() as report:

@@ -299,3 +299,18 @@ def test_describe_and_arch_file_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ArchFileError, match=r"spec\.normal\[0\]\[0\]: unknown op 'sep_conv_9x9'"):
         load_arch(tmp_path / "bad.json")
+
+
+def test_prune_dead_false_keeps_darts_layout() -> None:
+    from nas_common import get_arch
+    from nas_common.costs import count_params
+
+    full = get_arch("darts-v2")
+    small = full.replace(net={**full.net, "C": 8, "layers": 5})
+    keep = small.replace(net={**small.net, "prune_dead": False})
+    assert count_params(small.build()) == count_params(keep.build())  # every input and node is alive
+    vgg = get_arch("vgg-block")  # its cells leave c_{k-2} unread: pruned, it is not preprocessed
+    vgg = vgg.replace(net={**vgg.net, "C": 8, "layers": 5})
+    kept = vgg.replace(net={**vgg.net, "prune_dead": False}).build()
+    assert count_params(kept) > count_params(vgg.build())
+    assert all(c.preprocess0 is not None and c.preprocess1 is not None for c in kept.cells)

@@ -19,7 +19,7 @@ from nas_common.config import resolve_config
 from nas_common.errors import RunError
 from nas_common.train import TrainConfig, train_arch
 
-VOLATILE = {"train_time_s", "train_images_per_s"}
+VOLATILE = {"train/time_s", "train/images_per_s"}
 
 
 

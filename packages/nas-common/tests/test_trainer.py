@@ -93,15 +93,15 @@ def test_train_arch_writes_a_complete_run(tmp_path, mini) -> None:
     assert any((d / "tb").iterdir())
     recs = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs] == [1, 2]
-    assert {"lr", "train_loss", "train_top1", "test_top1", "test_top5", "test_loss"} <= set(recs[-1])
-    assert recs[1]["lr"] < recs[0]["lr"]  # cosine
+    assert {"train/lr", "train/loss", "train/top1", "test/top1", "test/top5", "test/loss"} <= set(recs[-1])
+    assert recs[1]["train/lr"] < recs[0]["train/lr"]  # cosine
     ck = torch.load(d / "checkpoints/last.pt", weights_only=False)
     assert ck["format"] == "nas-ckpt/2" and ck["epoch"] == 2 and len(ck["rng"]) == 1
     assert set(ck["model"]) == {"model"} and set(ck["optimizers"]) == {"optimizer"}
     assert set(ck["schedulers"]) == {"scheduler"} and ck["scaler"] is not None
     assert ck["extra"]["arch_digest"] == tiny_resnet().digest and ck["extra"]["config"]["epochs"] == 2
     result = json.loads((d / "result.json").read_text())
-    assert result["metrics"]["test_top1"] == recs[-1]["test_top1"]
+    assert result["metrics"]["test_top1"] == recs[-1]["test/top1"]
     assert {"versions", "device", "seed", "git_commit"} <= set(result["provenance"])
     assert result["costs"]["macs"] > 0 and result["costs"]["params"] > 0
     assert 0 <= res.metrics["test_top1"] <= 100 and res.metrics["test_top5"] >= res.metrics["test_top1"]

@@ -150,7 +150,7 @@ def test_no_weight_decay_in_any_optimizer(tmp_path: Path, micro_task: Task, monk
     assert len(made) == 3
     assert all(g["weight_decay"] == 0 for opt in made for g in opt.param_groups)
     state = torch.load(tmp_path / "learned" / "checkpoints" / "last.pt", weights_only=False)
-    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.0, 0.0]
+    assert [g["weight_decay"] for g in state["optimizers"]["sgd"]["param_groups"]] == [0.0, 0.0]
 
 
 # ---- the paper's "Random" baseline and fine-tuning ------------------------------------------------------------
@@ -234,8 +234,8 @@ def test_imagenet_schedule_divides_the_lr_by_ten_every_30_epochs() -> None:
 
 def test_the_search_runs_the_recipe_of_its_data(tmp_path: Path, micro_task: Task) -> None:
     result, _ = _search(tmp_path, micro_task, recipe="cifar100", epochs=1)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
-    assert result.metrics["recipe"] == "cifar100" and state["config"]["l2"] == 2500.0
+    recorded = json.loads((tmp_path / "run" / "result.json").read_text())["config"]  # the resolved config
+    assert result.metrics["recipe"] == "cifar100" and recorded["l2"] == 2500.0 and recorded["recipe"] == "cifar100"
     assert result.metrics["samples"] == MICRO["num_samples"]  # set explicitly: wins over the recipe's 5000
 
 

@@ -13,8 +13,8 @@ Cost names (`COST_NAMES`):
 * ``params`` - parameters (`count_params`);
 * ``distributed`` - the number of steps of a greedy list schedule of the active modules on k workers.
 
-The cost of every module is counted once (on the module alone, at its input shape), so the cost of a
-batch of gate patterns is a masked sum, ``C(H_b) = fixed + active_b @ table`` (plus the additions for
+The cost of every module is known in closed form (`graph.op_costs`, at its input shape), so the cost
+of a batch of gate patterns is a masked sum, ``C(H_b) = fixed + active_b @ table`` (plus the additions for
 ``paper``), where ``active`` comes from `SuperGraph.active` (on and connected input->output). The fixed
 part is the ungated stem and head. By construction this equals the count of the derived network built
 from the same pattern (tests check it). Everything runs on the device of `active`, with no host sync.
@@ -37,10 +37,10 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nas_common.costs import CostInfo, count_macs, count_params, register_cost
+from nas_common.costs import CostInfo, count_macs, register_cost
 from nas_common.registry import COSTS
 
-from .graph import SuperGraph, make_op
+from .graph import SuperGraph, op_costs
 
 COST_NAMES = ("macs", "paper", "params", "distributed")
 PAPER_COST = "bsn-paper"  # the name of the paper's FLOP count in nas_common's COSTS registry
@@ -284,7 +284,7 @@ class CostTable:
 
 
 def cost_table(graph: SuperGraph) -> CostTable:
-    """Count MACs and params of the stem, the head and every module once (cached on the graph)."""
+    """MACs and params of the stem, the head and every module, in closed form (`op_costs`; cached on the graph)."""
     if "table" in graph._cache:
         return graph._cache["table"]
     n = len(graph.nodes)
@@ -292,22 +292,21 @@ def cost_table(graph: SuperGraph) -> CostTable:
     params = torch.zeros(n, dtype=torch.float64)
     add_numel = torch.zeros(n, dtype=torch.float64)
     add_inputs = torch.zeros(n, n, dtype=torch.float64)
-    # the modules built to be counted draw initial weights: keep the caller's RNG stream untouched, so a
-    # search does not depend on whether this (cached) table was computed before in the process
-    with torch.random.fork_rng(devices=[]):
-        for i, node in enumerate(graph.nodes):
-            if node.kind == "add":
-                add_numel[i] = float(node.shape[0] * node.shape[1] * node.shape[2])
-                for j in node.inputs:
-                    add_inputs[j, i] = 1.0
-            if node.kind != "module":
-                continue
-            m = make_op(node.op)
-            macs[i] = float(count_macs(m, graph.nodes[node.inputs[0]].shape))
-            params[i] = float(count_params(m))
-        stem, head = make_op(graph.stem), make_op(graph.head)
-    fixed_macs = float(count_macs(stem, graph.input_shape) + count_macs(head, graph.nodes[-1].shape))
-    fixed = {"macs": fixed_macs, "paper": fixed_macs, "params": float(count_params(stem) + count_params(head)),
+    for i, node in enumerate(graph.nodes):
+        if node.kind == "add":
+            add_numel[i] = float(node.shape[0] * node.shape[1] * node.shape[2])
+            for j in node.inputs:
+                add_inputs[j, i] = 1.0
+        if node.kind != "module":
+            continue
+        m, p, out = op_costs(node.op, graph.nodes[node.inputs[0]].shape)
+        if tuple(out) != tuple(node.shape):
+            raise AssertionError(f"{node.name}: its op makes {out}, the graph says {node.shape}")  # a graph bug
+        macs[i], params[i] = float(m), float(p)
+    stem_macs, stem_params, _ = op_costs(graph.stem, graph.input_shape)
+    head_macs, head_params, _ = op_costs(graph.head, graph.nodes[-1].shape)
+    fixed_macs = float(stem_macs + head_macs)
+    fixed = {"macs": fixed_macs, "paper": fixed_macs, "params": float(stem_params + head_params),
              "distributed": 0.0}
     steps = torch.tensor([node.steps for node in graph.nodes], dtype=torch.int64)
     preds = tuple(node.inputs for node in graph.nodes)

@@ -55,6 +55,7 @@ class _ReachPlan:
     """Reachability as a few matrix products per topological level (built once per graph and device)."""
 
     is_module: torch.Tensor              # (N,) float: 1 for gated module nodes
+    is_input: torch.Tensor               # (N,) float one-hot of node 0 (reachability's start)
     gate_to_node: torch.Tensor           # (G, N) float one-hot: gate g switches node modules[g]
     fwd_levels: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (node idx, adjacency[:, idx]) per level
     bwd_levels: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (node idx, adjacency[idx, :].T) per level
@@ -137,7 +138,10 @@ class SuperGraph:
         is_module = torch.tensor([float(nd.kind == "module") for nd in self.nodes])
         g2n = torch.zeros(self.num_gates, n)
         g2n[torch.arange(self.num_gates), torch.tensor(self.modules, dtype=torch.long)] = 1.0
-        plan = _ReachPlan(is_module.to(device), g2n.to(device), levels(depth, rows=False), levels(height, rows=True))
+        is_input = torch.zeros(n)
+        is_input[0] = 1.0
+        plan = _ReachPlan(is_module.to(device), is_input.to(device), g2n.to(device), levels(depth, rows=False),
+                          levels(height, rows=True))
         self._cache[key] = plan
         return plan
 
@@ -154,8 +158,7 @@ class SuperGraph:
         b, n = gates.shape[0], len(self.nodes)
         # per node: its gate for module nodes, 1 for the input and the (ungated) additions
         open_ = gates.to(plan.gate_to_node.dtype) @ plan.gate_to_node + (1.0 - plan.is_module)
-        fwd = torch.zeros(b, n, device=gates.device)
-        fwd[:, 0] = 1.0
+        fwd = plan.is_input.expand(b, n).clone()  # (a scalar written into a slice would be a host-made tensor)
         for idx, cols in plan.fwd_levels:
             fwd.index_copy_(1, idx, (fwd @ cols).clamp_(max=1.0) * open_.index_select(1, idx))
         bwd = torch.zeros(b, n, device=gates.device)
@@ -272,6 +275,39 @@ class Head(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def _conv_out(size: int, k: int, stride: int) -> int:
+    """Output size of a k x k conv with padding k // 2 (how every conv here is padded)."""
+    return (size + 2 * (k // 2) - k) // stride + 1
+
+
+def op_costs(op: dict[str, Any], in_shape: tuple[int, ...]) -> tuple[int, int, tuple[int, ...]]:
+    """(MACs, params, output shape) of the module `make_op(op)` on one input of shape `in_shape`, in
+    closed form: a k x k conv is Cin*Cout*k^2*Hout*Wout MACs and Cin*Cout*k^2 weights (no bias), each
+    BatchNorm 2*C params, the classifier in*out MACs and in*out + out params; identities, ReLU,
+    upsampling and pooling are free. These are the numbers nas_common's `count_macs` / `count_params`
+    report for the built module (tests check it), without building or tracing anything."""
+    t = op["type"]
+    if t == "identity":
+        return 0, 0, tuple(in_shape)
+    if t == "head":
+        cin, n = int(op["cin"]), int(op["num_classes"])
+        return cin * n, cin * n + n, (n,)
+    cin, cout = int(op["cin"]), int(op["cout"])
+    _, h, w = (int(v) for v in in_shape)
+    if t == "basic":
+        s = int(op["stride"])
+        ho, wo = _conv_out(h, 3, s), _conv_out(w, 3, s)
+        return 9 * (cin + cout) * cout * ho * wo, 9 * (cin + cout) * cout + 4 * cout, (cout, ho, wo)
+    if t == "conv_bn":
+        k, s = int(op.get("k", 3)), int(op.get("stride", 1))
+        ho, wo = _conv_out(h, k, s), _conv_out(w, k, s)
+        return cin * cout * k * k * ho * wo, cin * cout * k * k + 2 * cout, (cout, ho, wo)
+    if t == "up_conv_bn":
+        ho, wo = (int(v) for v in op["size"])
+        return 9 * cin * cout * ho * wo, 9 * cin * cout + 2 * cout, (cout, ho, wo)
+    raise ValueError(f"unknown op type {t!r}")
+
+
 def make_op(op: dict[str, Any]) -> nn.Module:
     """The nn.Module an op description stands for."""
     t = op["type"]
@@ -330,6 +366,18 @@ class BSNNetwork(nn.Module):
             n.name: make_op(n.op) for n in graph.nodes
             if n.kind == "module" and (keep_set is None or n.name in keep_set)})
         self.head = make_op(graph.head)
+
+    def module_dag(self) -> tuple[list[str], list[tuple[str, str]], dict[str, int]]:
+        """(nodes, edges, node_costs) of this network's module DAG: the nodes on an input->output path
+        of the modules it has, in topological order, the (predecessor, successor) edges between them,
+        and each node's steps in the distributed cost (1 per conv module, 0 for identities, additions
+        and the input). nas_common's `distributed:K` cost is the makespan of this DAG on K workers."""
+        g = self.graph
+        pattern = torch.tensor([[name in self.ops for name in g.gate_names]])
+        on = g.active(pattern)[0].tolist()
+        nodes = [n.name for i, n in enumerate(g.nodes) if on[i]]
+        edges = [(g.nodes[j].name, n.name) for i, n in enumerate(g.nodes) if on[i] for j in n.inputs if on[j]]
+        return nodes, edges, {n.name: n.steps for i, n in enumerate(g.nodes) if on[i]}
 
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         if active is None:

@@ -12,8 +12,15 @@ projection); ResCNF the same plus `s{stage}b{block}_sc{i}_block` / `_sc{i}_skip`
 and the shortcut projection from the i-th source node in the stage before); B-CNF
 `l{layer}_s{from}to{to}` (3x3 conv edges; a trailing `z` marks the zip chains inside layer 0 and the
 last layer). The spec is normalised to the modules on an input->output path,
-in topological order, so equal networks have equal specs. nas_common loads this module through the
-entry-point group `nas_common.spaces`.
+in topological order, so equal networks have equal specs.
+
+nas_common loads this module through the entry-point group `nas_common.spaces`; importing it registers
+the three spaces, BSN's cost `bsn-paper` (the paper's FLOPs, from `bsn_nas.costs`) and the training
+recipe `bsn` (`nas train ARCH --preset bsn`: the paper's 300 epochs of SGD for the derived networks).
+
+The hooks of an equal-cost comparison (`scaled`, `reference`, `size_variants`, `costs`) keep the kept
+modules and change the widths: a spec names modules, whose names do not depend on the widths, so any
+spec stays valid at any width.
 """
 from __future__ import annotations
 
@@ -25,7 +32,11 @@ from torch import nn
 from nas_common.errors import ArchFileError
 from nas_common.registry import SPACES
 from nas_common.spaces.base import Space
+from nas_common.train.config import TRAIN_PRESETS, register_train_preset
 
+# importing bsn_nas.costs registers the cost "bsn-paper"; a module import (not a name), since nas_common may
+# load this entry point while bsn_nas.costs itself is still importing nas_common
+from . import costs as _costs
 from .graph import SHIFT_LETTERS, BSNNetwork, SuperGraph, make_graph, resnet_depth_ok
 
 __all__ = ["BSNSpace", "BSNResNetSpace", "BSNResCNFSpace", "BSNCNFSpace", "graph_of"]
@@ -92,9 +103,49 @@ class BSNSpace(Space):
     def describe(self, spec: dict[str, Any]) -> str:
         return f"{self.name}: {len(spec['keep'])} modules kept"
 
+    # -- equal-cost baselines ------------------------------------------------------------------------
+    #: the label of the reference network (`reference`)
+    reference_name: str = ""
+
+    def _widened(self, net: dict[str, Any], k: float) -> dict[str, Any]:
+        """`net` with every width times about `k` (ResCNF / B-ResNet: the stage widths)."""
+        return {**net, "widths": [max(1, round(c * k)) for c in net["widths"]]}
+
+    def scaled(self, spec: dict[str, Any], net: dict[str, Any], k: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The same kept modules in the super network whose widths are about `k` times `net`'s."""
+        new = self.validate_net(self._widened(self.validate_net(net), k))
+        return self.validate_spec(spec, new), new
+
+    def reference_keep(self, g: SuperGraph) -> list[str]:
+        """The modules of the reference network: every module (the full super network)."""
+        return list(g.gate_names)
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        net = self.validate_net(net)
+        g = graph_of(self.name, net)
+        return self.reference_name, {"keep": g.prune(self.reference_keep(g))}, net
+
+    def size_variants(self, net: dict[str, Any]) -> list[dict[str, Any]]:
+        """One stage width one channel wider or narrower (then scaled with the others): finer steps of
+        MACs than integer widths alone, and every spec stays valid (module names do not change)."""
+        widths = self.validate_net(net)["widths"]
+        out = []
+        for d in (1, -1, 2, -2):
+            for s in range(len(widths)):
+                if widths[s] + d >= 1:
+                    out.append({"widths": [w + d if i == s else w for i, w in enumerate(widths)]})
+        return out
+
+    def costs(self, spec: dict[str, Any], net: dict[str, Any]) -> dict[str, float]:
+        """MACs and params in closed form: the stem, the head and the kept modules' own closed forms."""
+        net = self.validate_net(net)
+        got = _costs.pattern_costs(graph_of(self.name, net), self.validate_spec(spec, net)["keep"])
+        return {"macs": got["macs"], "params": got["params"]}
+
 
 class BSNResNetSpace(BSNSpace):
     name = "bsn-resnet"
+    reference_name = "B-ResNet (all modules)"  # ResNet-`depth` itself
     default_net = {"depth": 20, "widths": [16, 32, 64], "num_classes": 10, "input": [3, 32, 32]}
 
     def validate_net(self, net: Any) -> dict[str, Any]:
@@ -115,6 +166,7 @@ class BSNResCNFSpace(BSNSpace):
     """The official code's residual fabric: B-ResNet plus cross-stage shortcut blocks and skips."""
 
     name = "bsn-rescnf"
+    reference_name = "ResNet in ResCNF (no shortcuts)"  # the paper's comparison: B-ResNet against ResNet-20
     default_net = {"blocks": 3, "widths": [16, 32, 64], "shift": "slr", "num_classes": 10, "input": [3, 32, 32]}
 
     def validate_net(self, net: Any) -> dict[str, Any]:
@@ -130,6 +182,10 @@ class BSNResCNFSpace(BSNSpace):
         out["shift"] = "".join(c for c in SHIFT_LETTERS if c in shift)
         return out
 
+    def reference_keep(self, g: SuperGraph) -> list[str]:
+        """The classic ResNet inside the fabric: every module but the shortcut blocks and projections."""
+        return [nm for nm in g.gate_names if "_sc" not in nm]
+
     def describe(self, spec: dict[str, Any]) -> str:
         keep = spec["keep"]
         blocks = sum(k.endswith("_block") and "_sc" not in k for k in keep)
@@ -140,6 +196,14 @@ class BSNResCNFSpace(BSNSpace):
 
 class BSNCNFSpace(BSNSpace):
     name = "bsn-cnf"
+    reference_name = "B-CNF (all modules)"  # the full fabric: the paper's CNF row
+
+    def _widened(self, net: dict[str, Any], k: float) -> dict[str, Any]:
+        return {**net, "channels": max(1, round(net["channels"] * k))}
+
+    def size_variants(self, net: dict[str, Any]) -> list[dict[str, Any]]:
+        """None: a fabric has one width, which `scaled` sets, and other layer counts rename its modules."""
+        return []
     default_net = {"layers": 8, "channels": 45, "num_classes": 10, "input": [3, 32, 32]}
 
     def validate_net(self, net: Any) -> dict[str, Any]:
@@ -157,3 +221,11 @@ class BSNCNFSpace(BSNSpace):
 for _space in (BSNResNetSpace(), BSNResCNFSpace(), BSNCNFSpace()):
     if not SPACES.registered(_space.name):
         SPACES.register(_space.name, _space)
+
+#: the paper's training recipe (the official code's, for the weights): what `nas train ARCH --preset bsn`
+#: runs on a derived network: SGD 0.1, x0.1 from epoch 151 and 226 (0-based; `epoch > 150` as the
+#: official adjust_lr), momentum 0.9 without Nesterov, wd 1e-4, 300 epochs, batch 64, crop + flip
+TRAIN_RECIPE = {"epochs": 300, "batch_size": 64, "lr": 0.1, "momentum": 0.9, "nesterov": False,
+                "weight_decay": 1e-4, "schedule": "step", "milestones": (151, 226), "gamma": 0.1, "augment": True}
+if not TRAIN_PRESETS.registered("bsn"):
+    register_train_preset("bsn", TRAIN_RECIPE)

@@ -69,11 +69,12 @@ class Arch:
         except ArchFileError as e:
             raise ArchFileError(f"{source}: {e}") from None
 
-    def with_costs(self, device: Any = "cpu") -> Arch:
-        """This arch with `costs` (macs, params) counted on the built network."""
+    def with_costs(self, device: Any = None) -> Arch:
+        """This arch with `costs` (macs, params) counted exactly on the meta device (nothing allocated;
+        `device` is accepted for compatibility and unused)."""
         from .costs import count_costs
 
-        return replace(self, costs=count_costs(self.build(), tuple(self.net["input"]), device=device))
+        return replace(self, costs=count_costs(self))
 
     def replace(self, **changes: Any) -> Arch:
         return replace(self, **changes)
@@ -130,14 +131,18 @@ def save_arch(arch: Arch, path: str | Path) -> Path:
 
 def load_arch(path: str | Path) -> Arch:
     """Read and validate an arch.json (or a run directory holding one)."""
+    from .io import read_text
+
     p = Path(path)
     if p.is_dir():
+        if not (p / "arch.json").exists():
+            raise ArchFileError(f"{str(p)!r} is a directory without an arch.json: give an arch.json file or the "
+                                f"--out directory of a `nas search` or `nas train` run")
         p = p / "arch.json"
-    if not p.is_file():
-        raise ArchFileError(f"architecture file {str(p)!r} does not exist: give the path of an arch.json "
-                            f"or a built-in name ({', '.join(ARCHS.names())})")
+    text = read_text(p, "architecture file", f"an arch.json or a built-in name ({', '.join(ARCHS.names())})",
+                     ArchFileError)
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ArchFileError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     return Arch.from_dict(data, source=str(p))

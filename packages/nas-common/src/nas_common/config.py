@@ -35,6 +35,23 @@ class Config:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own `__post_init__` (its range checks) runs after the field types are checked,
+        so `TrainConfig(epochs="3")` is a one-line ConfigError, not a TypeError deep inside."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_types", False):
+            def __post_init__(self: Config, *args: Any) -> None:
+                validate_fields(self)
+                own(self, *args)
+
+            __post_init__._checks_types = True  # type: ignore[attr-defined]
+            __post_init__.__doc__ = own.__doc__
+            cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
     def replace(self: C, **changes: Any) -> C:
         return resolve_config(type(self), preset=None, base=self, values=changes)
 
@@ -60,6 +77,111 @@ def list_presets(cls: type) -> list[str]:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+_HINTS_CACHE: dict[type, dict[str, Any] | None] = {}
+
+
+def validate_fields(cfg: Any) -> None:
+    """Check every field of the dataclass `cfg` against its annotation, as `resolve_config` checks
+    TOML and `-o` values (without parsing strings): a wrong type or a value outside a Literal is a
+    one-line ConfigError naming the field. Lists given for tuple fields become tuples."""
+    cls = type(cfg)
+    if cls not in _HINTS_CACHE:
+        try:
+            _HINTS_CACHE[cls] = typing.get_type_hints(cls)
+        except (NameError, TypeError):  # annotations that cannot be resolved at run time: not checked
+            _HINTS_CACHE[cls] = None
+    hints = _HINTS_CACHE[cls]
+    if hints is None:
+        return
+    for f in dataclasses.fields(cfg):
+        if not f.init or f.name not in hints:
+            continue
+        value = getattr(cfg, f.name)
+        try:
+            checked = _check_type(value, hints[f.name], f.name)
+        except ConfigError as e:
+            raise ConfigError(f"{cls.__name__}: {e}") from None
+        if checked is not value:
+            object.__setattr__(cfg, f.name, checked)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """`value` if it fits annotation `tp` (an integral float for an int, a list for a tuple: converted),
+    else ConfigError. Unknown annotation forms are accepted as they are."""
+    origin = typing.get_origin(tp)
+    if tp is Any or isinstance(tp, (typing.TypeVar, str)):
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        first = None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(value, a, key)
+            except ConfigError as e:
+                first = first or e
+        names = " or ".join(_type_name(a) if a is not type(None) else "None" for a in args)
+        raise ConfigError(f"{key} takes {names}, got {value!r}") from None
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value in choices and not (isinstance(value, bool) and not any(isinstance(c, bool) for c in choices)):
+            return value
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+    if origin in (tuple, list):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} takes a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key} takes {len(args)} values, got {len(value)}: {value!r}")
+            items = [_check_type(v, a, key) for v, a in zip(value, args, strict=True)]
+        else:
+            inner = args[0] if args else Any
+            items = [_check_type(v, inner, key) for v in value]
+        out = tuple(items) if origin is tuple else list(items)
+        return value if type(value) is type(out) and all(a is b for a, b in zip(items, value, strict=True)) else out
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} takes a table (a dict), got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} takes true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} takes an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} takes a number, got {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{key} takes a number, got NaN")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} takes a string, got {value!r}")
+        return value
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return value
+        raise ConfigError(f"{key} takes a path, got {value!r}")
+    if isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{key} takes a {tp.__name__}, got {value!r}")
+    return value
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -206,13 +328,46 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    from .io import read_text
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist: give the path of a .toml file")
+    text = read_text(p, "config file", "a .toml file", ConfigError)
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+
+
+RECORD_KEYS = ("kind", "config")
+
+
+def is_run_record(data: Mapping[str, Any]) -> bool:
+    """Whether `data` is a run's config.toml (kind, method, dataset, ..., [config]) rather than a table
+    of config values."""
+    return isinstance(data.get("kind"), str) and isinstance(data.get("config"), Mapping)
+
+
+def record_config(data: Mapping[str, Any], cls: type) -> Mapping[str, Any]:
+    """The config values of `data`: its [config] table when it is a run's own config.toml (so
+    `--config RUN/config.toml` reproduces that run's resolved config), else `data` itself."""
+    if is_run_record(data) and "kind" not in _fields(cls):
+        return data["config"]
+    return data
+
+
+def check_record_file(file: Any, *, kind: str, method: str | None = None) -> None:
+    """Refuse a run's config.toml given as --config to a command of another kind or method (a TAS
+    search's config to `nas train`, a BSN search's to `nas search tas`); plain value files pass."""
+    if file is None or isinstance(file, Mapping):
+        return
+    data = load_toml(file)
+    if not is_run_record(data):
+        return
+    theirs = f"`nas {data['kind']}" + (f" {data['method']}`" if data.get("method") else "`")
+    ours = f"`nas {kind}" + (f" {method}`" if method else "`")
+    if data["kind"] != kind or (method is not None and data.get("method") != method):
+        raise ConfigError(f"--config {str(file)!r} is the config.toml of a {theirs} run, not of a {ours} run: "
+                          f"give a config of the same command")
 
 
 def resolve_config(
@@ -235,6 +390,7 @@ def resolve_config(
         current = _apply(cls, current, presets[preset], f"preset {preset}")
     if file is not None:
         data = file if isinstance(file, Mapping) else load_toml(file)
+        data = record_config(data, cls)
         current = _apply(cls, current, data, f"file {file}" if not isinstance(file, Mapping) else "dict")
     if overrides:
         ov = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)

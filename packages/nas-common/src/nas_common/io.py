@@ -15,7 +15,48 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["append_line", "atomic_path", "atomic_save", "atomic_write_json", "atomic_write_text", "file_mode"]
+__all__ = ["append_line", "atomic_link", "atomic_path", "atomic_save", "atomic_write_json", "atomic_write_text",
+           "check_file", "check_writable_file", "file_mode", "read_text"]
+
+
+def check_file(path: str | Path, what: str, expected: str, error: type[Exception] = ValueError) -> Path:
+    """`path` as an existing regular file, or `error` saying which of "does not exist", "is a
+    directory" or "is not a regular file" holds (`what`: "npz file"; `expected`: "a .npz file")."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise error(f"{what} {str(p)!r} is a directory: {expected} was expected")
+    if not p.exists():
+        raise error(f"{what} {str(p)!r} does not exist: give the path of {expected}")
+    if not p.is_file():
+        raise error(f"{what} {str(p)!r} is not a regular file: give the path of {expected}")
+    return p
+
+
+def read_text(path: str | Path, what: str, expected: str, error: type[Exception] = ValueError) -> str:
+    """The UTF-8 text of `path` (see `check_file`); a binary or non-UTF-8 file is `error` too."""
+    p = check_file(path, what, expected, error)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {str(p)!r} is not UTF-8 text: {expected} was expected") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {str(p)!r}: {e.strerror or e}") from None
+
+
+def check_writable_file(path: str | Path, what: str, error: type[Exception] = ValueError) -> Path:
+    """`path` as a file that can be written: not empty, not a directory, no regular file among its
+    parents (checked before anything is written)."""
+    if str(path).strip() == "":
+        raise error(f"{what} is empty: name the file to write")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise error(f"{what} {str(p)!r} is a directory: give a file name inside it")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise error(f"{what} {str(p)!r} cannot be written: {str(parent)!r} is a file, not a directory")
+            break
+    return p
 
 
 def file_mode() -> int:
@@ -67,11 +108,35 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return _write(path, lambda f: torch.save(obj, f))
 
 
+def atomic_link(src: str | Path, dst: str | Path) -> Path:
+    """Make `dst` hold the current content of `src` (best.pt from last.pt) atomically: a hard link
+    (no copy; `src` is later replaced by a new file, the link keeps the old content), or a copy where
+    the filesystem has no hard links."""
+    import shutil
+
+    d = Path(dst)
+    with atomic_path(d) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return d
+
+
 def append_line(path: str | Path, line: str) -> None:
     """Append one line (a metrics.jsonl record) and flush it: a kill loses at most that line, which
     readers skip when it is incomplete."""
+    text = line.rstrip("\n") + "\n"
+    try:
+        with open(path, "rb") as f:  # a line cut short by a kill stays a line of its own (readers skip it)
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                text = "\n" + text
+    except (FileNotFoundError, OSError):  # no file yet, or an empty one
+        pass
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
+        f.write(text)
         f.flush()
 
 

@@ -204,6 +204,8 @@ class SearchResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = None
+    arch: Arch | None = None  # set by run_search: the found architecture (derived, costed)
+    run_dir: Path | None = None  # set by run_search: where the run was written
 
 
 # ---- the method's own command-line options ----------------------------------------------------------
@@ -244,6 +246,9 @@ class SearchMethod:
     - `cli_options`: its own `nas search` flags.
     - `host_sync_allowlist`: ops the no-host-sync conformance test tolerates inside a search step, each
       with the reason (normally empty).
+    - `best_metric`, `best_mode`: the validation metric (a `PHASE/QUANTITY` name the search logs through
+      `run.log`, e.g. "valid/top1") by which checkpoints/best.pt is kept beside last.pt, and whether
+      larger ("max") or smaller ("min") is better; None keeps no best.pt.
     """
 
     name: ClassVar[str] = ""
@@ -252,6 +257,8 @@ class SearchMethod:
     budget_kinds: ClassVar[tuple[str, ...]] = ()
     cli_options: ClassVar[tuple[CliOption, ...]] = ()
     host_sync_allowlist: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    best_metric: ClassVar[str | None] = None
+    best_mode: ClassVar[str] = "max"
 
     # -- the contract ------------------------------------------------------------------------------
     def check(self, task: Task, config: Any) -> None:

@@ -6,7 +6,9 @@ finished run is read back.
     DIR/arch.json        the architecture (found or trained)
     DIR/metrics.jsonl    one JSON object per logged step (key "step")
     DIR/tb/              TensorBoard scalars
-    DIR/checkpoints/     last.pt, written atomically (see "Checkpoints")
+    DIR/checkpoints/     last.pt, written atomically (see "Checkpoints"); best.pt (the best epoch by the
+                         metric the method or the Trainer names) and, with keep > 1, epoch-NNNN.pt of
+                         the `keep` best epochs
     DIR/model.pt         trained weights with their architecture ("nas-model/1"), when there are any
     DIR/result.json      final numbers with provenance (versions, device, seed, git commit, wall time)
 
@@ -23,11 +25,18 @@ Checkpoints (`Run.save_state` / `Run.resume`), format "nas-ckpt/2": a dict with
     model         {name: state_dict} of the modules (a single module is stored as "model")
     optimizers    {name: state_dict};  schedulers: {name: state_dict};  scaler: state_dict or None
     extra         {name: value}: whatever else the run needs to continue exactly (tensors, Python values)
+    best          [{"epoch", "value"}] of the best epochs so far (by `track_best`'s metric), best first
 Components are saved and restored by name, so a method lists what it has and `resume` puts each back.
+
+Metric names follow one scheme, `PHASE/QUANTITY` (see `canonical_metric`): phases `train`, `valid`,
+`test`, `search`; quantities `loss` (mean cross-entropy, nats), `top1`/`top5` (percent), `lr`,
+`time_s`, `images_per_s`, ... TensorBoard tags are grouped that way, and `write_result` records the
+run's hyperparameters with `add_hparams`.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -49,7 +58,8 @@ from . import dist
 from .arch import Arch, load_arch, save_arch
 from .config import load_toml, resolve_config, to_toml
 from .errors import ConfigError, RunError
-from .io import append_line, atomic_save, atomic_write_json, atomic_write_text
+from .io import append_line, atomic_link, atomic_save, atomic_write_json, atomic_write_text
+from .log import get_logger, progress_enabled
 
 if TYPE_CHECKING:
     from .methods import Task
@@ -64,6 +74,22 @@ MARKER_FORMAT = "nas-run/1"
 INTERRUPT_ENV = "NAS_INTERRUPT_AFTER_EPOCH"
 #: what a run writes: `--overwrite` removes these and nothing else
 RUN_FILES = ("config.toml", "arch.json", "metrics.jsonl", "tb", "checkpoints", "model.pt", "result.json", MARKER)
+PHASES = ("train", "valid", "test", "search")
+_PREFIXES = {"train_": "train/", "valid_": "valid/", "val_": "valid/", "test_": "test/", "search_": "search/"}
+
+log = get_logger("run")
+
+
+def canonical_metric(key: str, kind: str | None = None) -> str:
+    """The `PHASE/QUANTITY` name of a metric: `train_loss` -> `train/loss`, `val_acc` -> `valid/acc`;
+    a name that has a phase already is kept; one without (`lr`, `frozen`) goes under the run's own
+    phase (`train/` for a training run, `search/` otherwise)."""
+    if "/" in key:
+        return key
+    for prefix, phase in _PREFIXES.items():
+        if key.startswith(prefix) and len(key) > len(prefix):
+            return phase + key[len(prefix):]
+    return ("train/" if kind == "train" else "search/") + key
 
 
 class RunInterrupted(Exception):
@@ -189,6 +215,11 @@ class Run:
         self._tb: Any = None
         self._t0 = time.time()
         self._log_step = 0
+        self._latest: dict[str, Any] = {}  # the last logged value of each metric (canonical names)
+        self._best_metric: str | None = None
+        self._best_mode = "max"
+        self._keep = 1
+        self._best: list[dict[str, Any]] = []  # [{"epoch", "value"}], best first
 
     # -- creation -------------------------------------------------------------------------------
     @classmethod
@@ -222,13 +253,17 @@ class Run:
                     elif q.exists() or q.is_symlink():
                         q.unlink()
             p.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(p)
             if not (p / MARKER).exists():
                 atomic_write_json(p / MARKER, {"format": MARKER_FORMAT, "kind": (config or {}).get("kind"),
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             if config is not None:
                 atomic_write_text(p / "config.toml", to_toml(config))
+        run = cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
+        if resume and not run.checkpoint_path.exists():
+            run._trim_metrics(0)  # killed before its first checkpoint: it starts again, so do its metrics
         dist.barrier()
-        return cls(p, resume=resume, interrupt_after=interrupt_after, progress=progress, record=config)
+        return run
 
     @classmethod
     def open(cls, path: str | Path, *, method: str | None = None, task: Task | None = None,
@@ -303,29 +338,80 @@ class Run:
             self._tb = SummaryWriter(str(self.path / "tb"))
         return self._tb
 
+    @property
+    def kind(self) -> str | None:
+        return (self._record or {}).get("kind")
+
     def log(self, step: int, **metrics: Any) -> None:
-        """Append one record to metrics.jsonl and scalars to TensorBoard (rank 0 only)."""
+        """Append one record to metrics.jsonl and scalars to TensorBoard (tags grouped as `PHASE/QUANTITY`,
+        see `canonical_metric`), and log one line (rank 0 only). Call it once per epoch."""
         self._log_step = max(self._log_step, int(step))
+        rec = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        for k, v in rec.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._latest[canonical_metric(k, self.kind)] = (int(step), float(v))
         if not dist.is_main():
             return
-        rec = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         append_line(self.path / "metrics.jsonl", json.dumps(rec))
         tb = self.tb
         for k, v in rec.items():
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                tb.add_scalar(k, v, step)
+                tb.add_scalar(canonical_metric(k, self.kind), v, step)
         tb.flush()
+        if log.isEnabledFor(20):
+            what = self._record.get("method") if self._record else None
+            head = f"{what or self.kind or 'run'} {self.path.name}" if (what or self.kind) else str(self.path)
+            log.info("%s step %s: %s", head, step, "  ".join(f"{k} {_fmt_value(v)}" for k, v in metrics.items()))
 
     def metrics(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.path / "metrics.jsonl")
 
     def progress(self, iterable: Iterable[T], desc: str = "", total: int | None = None, leave: bool = False
                  ) -> Iterator[T]:
-        """A tqdm bar on rank 0 (when progress is on and stderr is a terminal or NAS_PROGRESS=1)."""
+        """A tqdm.auto bar on rank 0 (a widget in Jupyter) when progress is on and stderr is a terminal;
+        NAS_PROGRESS=1 forces bars, NAS_PROGRESS=0 turns them off (see nas_common.log). Without bars,
+        `log` still writes one line per epoch."""
         from tqdm.auto import tqdm
 
-        show = self.show_progress and dist.is_main() and (sys.stderr.isatty() or os.environ.get("NAS_PROGRESS") == "1")
+        show = dist.is_main() and progress_enabled(self.show_progress)
         return iter(tqdm(iterable, desc=desc, total=total, leave=leave, disable=not show, dynamic_ncols=True))
+
+    # -- the best epochs ------------------------------------------------------------------------
+    def track_best(self, metric: str | None, mode: str = "max", keep: int = 1) -> None:
+        """Keep checkpoints/best.pt, the checkpoint of the epoch with the best `metric` (a canonical
+        name, e.g. "valid/top1"; `mode` "max" or "min"), beside last.pt; with `keep` > 1 also
+        checkpoints/epoch-NNNN.pt of the `keep` best epochs. `keep` 0 or metric None: none."""
+        if mode not in ("max", "min"):
+            raise ConfigError(f"track_best mode must be 'max' or 'min', got {mode!r}")
+        check_keep(keep)
+        self._best_metric = canonical_metric(metric, self.kind) if metric else None
+        self._best_mode = mode
+        self._keep = keep
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def best(self) -> list[dict[str, Any]]:
+        """[{"epoch", "value"}] of the kept best epochs, best first."""
+        return [dict(b) for b in self._best]
+
+    def _update_best(self, epoch: int, ranked: list[dict[str, Any]]) -> None:
+        """After last.pt of `epoch` is written: link it as best.pt (and epoch-NNNN.pt with keep > 1) when
+        it ranks among the `keep` best, and drop the epoch files that fell out (rank 0)."""
+        old = {b["epoch"] for b in self._best}
+        new = {b["epoch"] for b in ranked}
+        self._best = [dict(b) for b in ranked]
+        if epoch not in new or epoch in old:
+            return
+        ckpt_dir = self.checkpoint_path.parent
+        if ranked[0]["epoch"] == epoch:
+            atomic_link(self.checkpoint_path, self.best_path)
+        if self._keep > 1:
+            atomic_link(self.checkpoint_path, ckpt_dir / f"epoch-{int(epoch):04d}.pt")
+            for e in old - new:
+                (ckpt_dir / f"epoch-{int(e):04d}.pt").unlink(missing_ok=True)
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -348,10 +434,23 @@ class Run:
                 "schedulers": {k: v.state_dict() for k, v in _named(schedulers, "scheduler").items()},
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "extra": dict(extra or {}),
+                "best": self._best_after(epoch),
             }
             atomic_save(payload, self.checkpoint_path)
+            self._update_best(epoch, payload["best"])
         dist.barrier()
         self._maybe_interrupt(epoch)
+
+    def _best_after(self, epoch: int) -> list[dict[str, Any]]:
+        """What `best` will be once `epoch` is ranked (saved in the checkpoint, so a resume keeps it)."""
+        if not self._best_metric or self._keep < 1 or self._best_metric not in self._latest:
+            return self.best
+        step, value = self._latest[self._best_metric]
+        if step != self._log_step or not math.isfinite(value) or any(b["epoch"] == epoch for b in self._best):
+            return self.best
+        ranked = self.best + [{"epoch": int(epoch), "value": value}]
+        ranked.sort(key=lambda b: (-b["value"] if self._best_mode == "max" else b["value"], b["epoch"]))
+        return ranked[: self._keep]
 
     def resume(self, *, model: Components | None = None, optimizers: Components | None = None,
                schedulers: Components | None = None, scaler: Any = None, map_location: Any = "cpu") -> Resumed | None:
@@ -386,6 +485,7 @@ class Run:
                                 f"but not bit-identical to an uninterrupted one")
             set_rng_state(rngs[0])
         self._log_step = int(state.get("log_step") or state["epoch"])
+        self._best = [dict(b) for b in state.get("best") or []]
         self._trim_metrics(self._log_step)
         return Resumed(epoch=int(state["epoch"]), step=state.get("step"), extra=dict(state.get("extra") or {}))
 
@@ -474,6 +574,28 @@ class Run:
         out = {**{k: _jsonable(v) for k, v in result.items()}, "wall_time_s": time.time() - self._t0,
                "provenance": provenance(device, seed)}
         atomic_write_json(self.path / "result.json", out)
+        self._write_hparams(out)
+
+    def _write_hparams(self, result: dict[str, Any]) -> None:
+        """The run's hyperparameters (its resolved config, seed, dataset, method) and final numbers as
+        TensorBoard hparams, so runs compare side by side in its HPARAMS tab."""
+        record = self._record or {}
+        hp: dict[str, Any] = {k: record[k] for k in ("kind", "method", "dataset", "seed", "preset") if k in record}
+        for k, v in _flatten(record.get("config") or {}).items():
+            hp[k] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+        for k, v in (record.get("budget") or {}).items():
+            hp[f"budget/{k}"] = v
+        metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+        final = {canonical_metric(k, self.kind): float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        final = {f"hparam/{k}": v for k, v in final.items()}
+        if not hp or not final:
+            return
+        try:
+            self.tb.add_hparams(hp, final, run_name="hparams")
+            self.tb.flush()
+        except (TypeError, ValueError) as e:  # a value TensorBoard cannot take: the run itself is fine
+            log.debug("add_hparams skipped: %s", e)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -496,6 +618,13 @@ class Run:
         state = _load_legacy(self.checkpoint_path, map_location)
         set_rng_state(state["rng"])
         return state
+
+
+def check_keep(keep: object) -> int:
+    """`keep` (how many best checkpoints to keep, --keep-best) as an integer >= 0, or a ConfigError."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ConfigError(f"keep must be an integer >= 0 (the best checkpoints to keep, --keep-best), got {keep!r}")
+    return keep
 
 
 def check_output_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -524,6 +653,34 @@ def check_output_dir(path: str | Path, *, resume: bool = False, overwrite: bool 
     return p
 
 
+def _remove_stale_temporaries(p: Path) -> None:
+    """Delete the temporary files a kill left behind (`.NAME.*.tmp`, see nas_common.io): never the
+    files themselves, which were only ever replaced whole."""
+    for d in (p, p / "checkpoints"):
+        if d.is_dir():
+            for f in d.glob(".*.tmp"):
+                if f.is_file():
+                    f.unlink(missing_ok=True)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return f"{float(v):.4g}"
+    return str(v)
+
+
 def _holds_run(p: Path) -> bool:
     return p.is_dir() and any((p / f).exists() for f in ("config.toml", "checkpoints", "result.json",
                                                          "metrics.jsonl", MARKER))
@@ -531,9 +688,12 @@ def _holds_run(p: Path) -> bool:
 
 def _read_toml(f: Path) -> dict[str, Any]:
     try:
-        return load_toml(f)
+        f.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise RunError(f"{f} is not a text file: it is not a nas run's config.toml") from None
+    except OSError:
+        pass  # load_toml says what is wrong
+    return load_toml(f)
 
 
 def _read_jsonl(f: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -26,16 +28,25 @@ from . import dist
 from .arch import Arch
 from .config import config_to_dict, resolve_config
 from .costs import count_costs, measure_cost
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .methods import SearchMethod, SearchResult, Task
-from .registry import get_method, method_version
-from .runs import Run, provenance, seed_everything
+from .registry import get_method, list_methods, method_version
+from .runs import Run, check_keep, provenance, seed_everything
+
+
+def _method_class(method: Any) -> type[SearchMethod]:
+    if isinstance(method, str):
+        return get_method(method)
+    if isinstance(method, type) and issubclass(method, SearchMethod):
+        return method
+    raise ConfigError(f"a method is a name (one of {', '.join(list_methods()) or 'none installed'}) or a "
+                      f"SearchMethod subclass, got {method!r}")
 
 
 def method_config(method: str | type[SearchMethod], preset: str | None = "paper", file: Any = None,
                   overrides: Iterable[str] | Mapping[str, Any] = ()) -> Any:
     """The method's resolved config: the paper's defaults, then `preset`, `file` and `overrides`."""
-    cls = get_method(method) if isinstance(method, str) else method
+    cls = _method_class(method)
     return resolve_config(cls.config_cls, preset=preset, file=file, overrides=overrides)
 
 
@@ -48,8 +59,18 @@ def search_record(cls: type[SearchMethod], task: Task, config: Any, preset: str 
 def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path, preset: str | None = "paper",
                config_file: Any = None, overrides: Iterable[str] | Mapping[str, Any] = (),
                resume: bool = False, overwrite: bool = False, interrupt_after: int | None = None,
-               progress: bool = True) -> tuple[SearchResult, Arch]:
-    cls = get_method(method) if isinstance(method, str) else method
+               progress: bool = True, keep_best: int = 1) -> tuple[SearchResult, Arch]:
+    """Search with `method` on `task` into the run directory `out` (see the module docstring); returns
+    the method's SearchResult and the found (derived, costed) Arch. `keep_best`: checkpoints/best.pt
+    by the method's `best_metric`, and with keep_best > 1 that many best epochs' checkpoints."""
+    from .config import check_record_file
+
+    cls = _method_class(method)
+    if not isinstance(task, Task):
+        hint = " (wrap it: Task(dataset=ds))" if type(task).__name__ == "Dataset" else ""
+        raise ConfigError(f"run_search takes a Task, got {type(task).__name__}{hint}")
+    check_keep(keep_best)
+    check_record_file(config_file, kind="search", method=cls.name)
     config = resolve_config(cls.config_cls, preset=preset, file=config_file, overrides=overrides)
     ctx = task.context  # joins the process group when launched by torchrun
     if ctx.device != task.device:
@@ -60,6 +81,7 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
     searcher.check(task, config)  # the method's refusals, before anything is written
     run = Run.create(out, record, resume=resume, overwrite=overwrite, interrupt_after=interrupt_after,
                      progress=progress)
+    run.track_best(cls.best_metric, cls.best_mode, keep=keep_best)
     seed_everything(task.seed)
     t0 = time.time()
     try:
@@ -83,6 +105,7 @@ def run_search(method: str | type[SearchMethod], task: Task, *, out: str | Path,
                           "method_version": method_version(cls.name), "rank_state_digests": digests,
                           "rank_arch_digests": arch_digests}, device=task.device, seed=task.seed)
         result.metrics = metrics
+        result.arch, result.run_dir = arch, Path(out)
         return result, arch
     finally:
         run.close()
@@ -92,11 +115,12 @@ def finish_arch(arch: Arch, method: str, task: Task) -> Arch:
     """Fill in what every found arch carries: counted costs (MACs, params and every budgeted cost),
     the method, provenance."""
     costs = dict(arch.costs)
+    if "macs" not in costs or "params" not in costs:
+        costs = {**count_costs(arch), **costs}  # on the meta device: exact, nothing allocated
     missing = [k for k in task.budget.limits if k not in costs]
-    if "macs" not in costs or "params" not in costs or missing:
+    if missing:  # memory, latency, ...: measured on the real network
         model = arch.build()
         shape = tuple(arch.net["input"])
-        costs = {**count_costs(model, shape), **costs}
         for key in missing:
             costs[key] = measure_cost(model, key, shape, device=task.device)
     prov = {**provenance(task.device, task.seed), "dataset": task.dataset.name, **(arch.provenance or {})}
@@ -123,4 +147,48 @@ def _digest_value(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=repr)
 
 
-__all__ = ["finish_arch", "method_config", "run_search", "search_record", "state_digest"]
+def default_out(name: str) -> Path:
+    """runs/NAME-YYYYmmdd-HHMMSS (a new directory per call of the one-call API)."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def search(method: str | type[SearchMethod], dataset: Any = "cifar10-mini", *, budget: Any = None,
+           out: str | Path | None = None, preset: str | None = "paper", seed: int = 0, device: Any = None,
+           overrides: Iterable[str] | Mapping[str, Any] = (), config_file: Any = None, resume: bool = False,
+           overwrite: bool = False, progress: bool = True, data_dir: str | None = None, download: bool = False,
+           keep_best: int = 1) -> SearchResult:
+    """Search an architecture in one call: `nas_common.search("tas", dataset="cifar10-mini",
+    budget=Budget(macs=20e6), preset="tiny")`. `dataset` is a name (see `list_datasets()`) or a Dataset;
+    `budget` a Budget, a mapping such as {"macs": 20e6}, or None; `out` defaults to runs/METHOD-TIME.
+    Returns the SearchResult with `.arch` (the found Arch), `.metrics`, `.model` and `.run_dir`; what
+    `run_search` writes is in `.run_dir` (`nas train RUN_DIR/arch.json` retrains it)."""
+    from .data import Dataset, get_dataset
+    from .device import resolve_device
+    from .methods import Budget
+
+    cls = _method_class(method)
+    if budget is None:
+        budget = Budget()
+    elif isinstance(budget, Mapping):
+        budget = Budget(limits=budget)
+    elif not isinstance(budget, Budget):
+        raise ConfigError(f"budget must be a Budget (e.g. Budget(macs=20e6)), a mapping such as {{'macs': 20e6}} "
+                          f"or None, got {budget!r}")
+    ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, data_dir=data_dir, download=download)
+    task = Task(dataset=ds, device=resolve_device(device), seed=seed, budget=budget)
+    result, _ = run_search(cls, task, out=out if out is not None else default_out(cls.name), preset=preset,
+                           config_file=config_file, overrides=overrides, resume=resume, overwrite=overwrite,
+                           progress=progress, keep_best=keep_best)
+    return result
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: `nas_common.search(...)` is `nas_common.search.search(...)`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = ["default_out", "finish_arch", "method_config", "run_search", "search", "search_record", "state_digest"]

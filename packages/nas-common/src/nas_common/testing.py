@@ -10,13 +10,12 @@ the micro search meets), a method with a ranking hook gets the ranking test. A s
 weaken a standard test: overriding one fails `test_no_overrides` unless the override is marked
 `pytest.mark.xfail(reason=...)`.
 
-`HostSyncDetector` records the data-dependent ops (host-device syncs on CUDA) dispatched inside the
-search steps a method marks with `SearchContext.step()`; it runs on the CPU, so CI checks what a GPU
-would stall on. `SpaceTests` runs over every registered space.
+`nas_common.syncs.HostSyncDetector` records the data-dependent ops (host-device syncs on CUDA)
+dispatched inside the search steps a method marks with `SearchContext.step()`; it runs on the CPU, so
+CI checks what a GPU would stall on. `SpaceTests` runs over every registered space.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
@@ -25,17 +24,14 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from .arch import Arch, load_arch, save_arch
 from .config import list_presets
-from .context import STEP_OBSERVERS
 from .costs import count_macs, count_params, list_costs
 from .data import get_dataset, make_loader
 from .errors import BudgetError
@@ -44,84 +40,7 @@ from .registry import get_method
 from .runs import RunInterrupted
 from .search import run_search
 from .spaces import get_space
-
-#: aten ops whose result size or value the host must read (a device->host sync on CUDA), and ops that
-#: copy host data to the device (torch.tensor(...)); `index.Tensor`/`index_put_` only with a bool mask
-SYNC_OPS = frozenset({
-    "_local_scalar_dense", "nonzero", "masked_select", "unique_dim", "_unique", "_unique2", "unique_consecutive",
-    "unique_dim_consecutive", "multinomial", "repeat_interleave", "is_nonzero", "equal", "allclose",
-    "bincount", "histc", "lift_fresh", "argwhere", "masked_scatter",
-})
-#: Python-level reads that never reach the dispatcher on the CPU but sync on CUDA
-SYNC_METHODS = ("tolist", "numpy", "cpu")
-
-
-class HostSyncDetector(TorchDispatchMode):
-    """Records data-dependent ops dispatched while active (`found`: op name -> count)."""
-
-    def __init__(self, allow: frozenset[str] = frozenset()) -> None:
-        super().__init__()
-        self.allow = allow
-        self.found: dict[str, int] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        flagged = name in SYNC_OPS
-        if name == "repeat_interleave" and kwargs.get("output_size") is not None:
-            flagged = False
-        if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
-            flagged = any(isinstance(t, torch.Tensor) and t.dtype == torch.bool
-                          for t in (args[1] if len(args) > 1 and isinstance(args[1], (list, tuple)) else ()))
-        if flagged and f"aten.{name}" not in self.allow:
-            self.found[f"aten.{name}"] = self.found.get(f"aten.{name}", 0) + 1
-        return func(*args, **kwargs)
-
-    @contextlib.contextmanager
-    def _methods(self) -> Iterator[None]:
-        saved = {m: getattr(torch.Tensor, m) for m in SYNC_METHODS}
-
-        def wrap(m: str) -> Any:
-            orig = saved[m]
-
-            def f(t: torch.Tensor, *a: Any, **k: Any) -> Any:
-                if f"Tensor.{m}" not in self.allow:
-                    self.found[f"Tensor.{m}"] = self.found.get(f"Tensor.{m}", 0) + 1
-                return orig(t, *a, **k)
-
-            return f
-
-        for m in SYNC_METHODS:
-            setattr(torch.Tensor, m, wrap(m))
-        try:
-            yield
-        finally:
-            for m, f in saved.items():
-                setattr(torch.Tensor, m, f)
-
-
-# as in costs/macs.py: the plain method, without torch._dynamo's per-op wrapper
-HostSyncDetector.__torch_dispatch__ = getattr(HostSyncDetector.__torch_dispatch__, "__wrapped__",
-                                              HostSyncDetector.__torch_dispatch__)
-
-
-@contextlib.contextmanager
-def detect_host_syncs(allow: frozenset[str] = frozenset()) -> Iterator[dict[str, Any]]:
-    """Inside: every `SearchContext.step()` runs under a HostSyncDetector. Yields a report dict with
-    `steps` (how many steps ran) and `found` (op -> count over all steps)."""
-    report: dict[str, Any] = {"steps": 0, "found": {}}
-
-    @contextlib.contextmanager
-    def observe() -> Iterator[None]:
-        det = HostSyncDetector(allow)
-        report["steps"] += 1
-        with det, det._methods():
-            yield
-        for k, v in det.found.items():
-            report["found"][k] = report["found"].get(k, 0) + v
-
-    with STEP_OBSERVERS.observe(observe):
-        yield report
+from .syncs import SYNC_OPS, HostSyncDetector, detect_host_syncs
 
 
 class SearchMethodTests:

@@ -2,15 +2,25 @@
 
     from posterior_nas import PosteriorSearch, PosteriorConfig
 
-The method `posterior-nas` (entry point `nas_common.methods`) and the spaces `supnet-m`, `supnet-mi`,
-`supnet-r` (entry point `nas_common.spaces`, module `posterior_nas.spaces`).
+The method `posterior-nas` (entry point `nas_common.methods`), the spaces `supnet-m`, `supnet-mi`,
+`supnet-r` and the training presets `pgnas-cifar`, `pgnas-imagenet` (entry point `nas_common.spaces`,
+module `posterior_nas.spaces`).
 """
 from importlib import metadata as _metadata
 
 from .analysis import kendall_tau, standalone_accuracy
 from .gates import GatedConv, Regulariser, regulariser
 from .sampling import channel_rates, draw_masks, mean_drop_rate, sample_masks, score_masks
-from .search import RECIPES, PosteriorConfig, PosteriorSearch, dataset_recipe, finetune, held_out_split, supernet_net
+from .search import (
+    RECIPES,
+    PosteriorConfig,
+    PosteriorSearch,
+    dataset_recipe,
+    finetune,
+    held_out_split,
+    split_held_out,
+    supernet_net,
+)
 from .spaces import SPACES_BY_NAME, SupNetSpace, get_supnet_space
 from .supernets import MPlan, Plan, RPlan, SupNet, inherit_weights
 
@@ -23,5 +33,5 @@ __all__ = [
     "RECIPES", "GatedConv", "MPlan", "Plan", "PosteriorConfig", "PosteriorSearch", "RPlan", "Regulariser",
     "SPACES_BY_NAME", "SupNet", "SupNetSpace", "channel_rates", "dataset_recipe", "draw_masks", "finetune",
     "get_supnet_space", "held_out_split", "inherit_weights", "kendall_tau", "mean_drop_rate", "regulariser",
-    "sample_masks", "score_masks", "standalone_accuracy", "supernet_net",
+    "sample_masks", "score_masks", "split_held_out", "standalone_accuracy", "supernet_net",
 ]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from scipy.stats import kendalltau
 
 from nas_common.data import Split, make_loader
+from nas_common.oneshot import Accumulator
 
 from .sampling import score_masks
 from .spaces import SupNetSpace
@@ -46,13 +47,11 @@ def standalone_accuracy(space: SupNetSpace, spec: dict[str, Any], net: dict[str,
                 opt.step()
                 sched.step()
     model.eval()
-    correct = torch.zeros((), device=dev)
-    total = 0
+    acc = Accumulator(dev)
     with torch.no_grad():
         for x, y in held:
-            correct += (model(x).argmax(1) == y).sum()
-            total += int(y.shape[0])
-    return float(correct) / max(total, 1)
+            acc.add_batch(model(x), y)
+    return acc.compute()["top1"]
 
 
 def kendall_tau(supernet: SupNet, space: SupNetSpace, net: dict[str, Any], masks: torch.Tensor, train: Split,

@@ -2,7 +2,8 @@
 rest with the inherited weights on held-out data (no fine-tuning), keep the best.
 
 Everything is vectorised: masks are (M, K) bool tensors over the supernet's flat channel layout,
-costs come in closed form from the plan, and scoring folds several masks into one batch.
+costs come in closed form from the plan, and scoring (nas_common's one-shot scoring) folds several
+masks into one batch.
 """
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from nas_common.methods import Budget
+from nas_common.oneshot import score_candidates
 
 from .supernets import Plan, SupNet
 
@@ -79,37 +80,30 @@ def draw_masks(plan: Plan, rates: torch.Tensor, n: int, generator: torch.Generat
 @torch.no_grad()
 def score_masks(net: SupNet, masks: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                 fold: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and mean cross-entropy (each (M,)) of the supernet under each hard mask, on `batches`.
+    """Accuracy and mean cross-entropy (each (M,), float64, on the CPU) of the supernet under each hard
+    mask, on `batches`, through `nas_common.oneshot.score_candidates`.
 
     `batches` is a list of (x, y) or any re-iterable loader (read once per group of masks). The
-    supernet runs in eval mode with its trained weights (no fine-tuning). Masks are folded into the
-    batch: with image batches of b images, max(1, fold // b) masks share one forward pass.
+    supernet runs in eval mode with its trained weights and BatchNorm statistics (no fine-tuning, no
+    re-estimation). Masks are folded into the batch: with image batches of b images, max(1, fold // b)
+    masks share one forward pass (one mask alone zeroes the weights' input slices instead). The sums
+    stay on the device and are read once, at the end.
     """
-    net.eval()
     M = masks.shape[0]
-    dev = masks.device
-    correct = torch.zeros(M, device=dev)
-    loss = torch.zeros(M, device=dev)
+    empty = torch.zeros(M, dtype=torch.float64)
     if M == 0:
-        return correct, loss
+        return empty, empty.clone()
     first = next(iter(batches), None)
     if first is None:
-        return correct, loss
+        return empty, empty.clone()
     per = max(1, fold // int(first[1].shape[0]))
-    total = 0
-    for start in range(0, M, per):
-        chunk = masks[start:start + per]
-        m = chunk.shape[0]
-        seen = 0
-        with net.masked(chunk):
-            for x, y in batches:
-                out = net(x.repeat(m, 1, 1, 1))
-                yy = y.repeat(m)
-                correct[start:start + m] += (out.argmax(1) == yy).view(m, -1).sum(1).to(correct.dtype)
-                loss[start:start + m] += F.cross_entropy(out.float(), yy, reduction="none").view(m, -1).sum(1)
-                seen += int(y.shape[0])
-        total = seen
-    return correct / total, loss / total
+
+    def forward(cands: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with net.masked(cands):
+            return net(x.repeat(cands.shape[0], 1, 1, 1))
+
+    scores = torch.tensor(score_candidates(masks, forward, batches, model=net, group=per), dtype=torch.float64)
+    return scores[:, 0].contiguous(), scores[:, 1].contiguous()
 
 
 def best_index(acc: torch.Tensor, loss: torch.Tensor) -> int:

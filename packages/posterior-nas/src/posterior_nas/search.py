@@ -14,10 +14,15 @@
 
 The recipe (supernet, l2, N, C, schedule) follows the data set, as in the paper: CIFAR-10, CIFAR-100 or
 ImageNet (`recipe=auto`), and any field set explicitly wins.
+
+Under torchrun every rank trains the same supernet on its shard of each global batch (DDP: the drop-rate
+logits live inside the supernet, so their gradients are averaged with the weights'); the C masks are
+drawn on rank 0 and given to every rank, each rank scores its share of them on the whole held-out part,
+and every rank then holds every score, so all pick the same winner.
 """
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,43 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_common import dist
 from nas_common.arch import Arch
-from nas_common.config import Config, config_from_dict
+from nas_common.config import Config
+from nas_common.context import SearchContext
 from nas_common.data import Split, make_loader
-from nas_common.errors import BudgetError, ConfigError
+from nas_common.errors import BudgetError, ConfigError, DataError
 from nas_common.methods import SearchMethod, SearchResult, Task
-from nas_common.runs import Run, load_final_checkpoint, read_search_record
+from nas_common.oneshot import Accumulator
+from nas_common.runs import Run
 
 from .gates import Regulariser
+from .recipes import L2, RECIPES, Recipe
 from .sampling import best_index, channel_rates, draw_masks, score_masks
 from .spaces import get_supnet_space
 from .supernets import SupNet, inherit_weights
 
-Recipe = Literal["cifar10", "cifar100", "imagenet"]
-
-RECIPES: dict[str, dict[str, Any]] = {
-    # supplementary §1.1: SupNet-M/MI, SGD lr 0.01 cosine without restarts, 1800 epochs, batch 128, cutout 16,
-    # N 5e5; paper §3: C = 1500 (CIFAR-10), 5000 (CIFAR-100). Momentum and Nesterov are not stated for CIFAR.
-    "cifar10": {"space": "supnet-mi", "N": 5e5, "num_samples": 1500, "epochs": 1800, "batch_size": 128, "lr": 0.01,
-                "lr_schedule": "cosine", "nesterov": False, "cutout": 16},
-    "cifar100": {"space": "supnet-mi", "N": 5e5, "num_samples": 5000, "epochs": 1800, "batch_size": 128, "lr": 0.01,
-                 "lr_schedule": "cosine", "nesterov": False, "cutout": 16},
-    # supplementary §1.2: SupNet-R-50, 90 epochs, lr 0.1 divided by 10 every 30, batch 256, SGD with Nesterov
-    # momentum 0.9, no weight decay, N 1.2e6; paper §3: C = 1500.
-    "imagenet": {"space": "supnet-r", "N": 1.2e6, "num_samples": 1500, "epochs": 90, "batch_size": 256, "lr": 0.1,
-                 "lr_schedule": "step", "nesterov": True, "cutout": 0},
-}
-"""The paper's recipe per data set: the defaults of every field left unset (None)."""
-
-L2: dict[str, dict[str, float]] = {
-    # published (supplementary): C10 M 50, MI 150; C100 MI 2500; ImageNet R-50 80. The rest take the value
-    # published for the same data set (C100) or the same supernet (the others).
-    "cifar10": {"supnet-m": 50.0, "supnet-mi": 150.0, "supnet-r": 80.0},
-    "cifar100": {"supnet-m": 2500.0, "supnet-mi": 2500.0, "supnet-r": 2500.0},
-    "imagenet": {"supnet-m": 50.0, "supnet-mi": 150.0, "supnet-r": 80.0},
-}
-"""The prior precision l^2 per recipe and supernet."""
-
+log = logging.getLogger(__name__)
 
 def dataset_recipe(task: Task) -> Recipe:
     """The paper's recipe for the task's data: images larger than 64 pixels are ImageNet-like (ImageFolder
@@ -94,7 +79,7 @@ class PosteriorConfig(Config):
     regulariser: Literal["paper", "concrete"] = "paper"
     # training
     epochs: int | None = None  # None: 1800 (CIFAR), 90 (ImageNet)
-    batch_size: int | None = None  # None: 128 (CIFAR), 256 (ImageNet)
+    batch_size: int | None = None  # the global batch (split over ranks); None: 128 (CIFAR), 256 (ImageNet)
     lr: float | None = None  # None: 0.01 (CIFAR), 0.1 (ImageNet)
     lr_schedule: Literal["cosine", "step"] | None = None  # None: cosine (CIFAR), step (ImageNet)
     lr_min: float = 0.0  # cosine: the final learning rate
@@ -125,8 +110,10 @@ class PosteriorConfig(Config):
         for name in ("temperature", "N", "l2", "lr", "batch_size", "epochs", "num_samples", "score_batch",
                      "lr_step", "finetune_lr"):
             v = getattr(self, name)
-            if v is not None and not v > 0 and not (name == "epochs" and v == 0):
-                raise ConfigError(f"{name}={v!r} must be positive")
+            if v is not None and not v > 0:
+                hint = (": an untrained supernet has no posterior to sample from (the paper trains 1800 epochs)"
+                        if name == "epochs" else "")
+                raise ConfigError(f"{name}={v!r} must be positive{hint}")
         if not 0.0 < self.p_init < 1.0:
             raise ConfigError(f"p_init={self.p_init!r} must be in (0, 1) (the paper uses 0.1)")
         if not 0.0 < self.val_fraction < 1.0:
@@ -156,27 +143,29 @@ def supernet_net(config: PosteriorConfig, task: Task) -> dict[str, Any]:
         net["blocks"] = list(config.blocks)
     if config.stem is not None:
         if "stem" not in net:
-            raise ConfigError(f"stem applies to supnet-m/supnet-mi, not {space.name}: remove it")
+            raise ConfigError(f"stem applies to supnet-m/supnet-mi, not {space.name}: remove it (-o stem=none; "
+                              f"the tiny preset sets it)")
         net["stem"] = config.stem
     if config.stem_stride != 1:
         if "stem_stride" not in net:
-            raise ConfigError(f"stem_stride applies to supnet-m/supnet-mi, not {space.name}: remove it")
+            raise ConfigError(f"stem_stride applies to supnet-m/supnet-mi, not {space.name}: remove it "
+                              f"(-o stem_stride=1; the tiny preset sets 2)")
         net["stem_stride"] = config.stem_stride
     return space.validate_net(net)
 
 
+def split_held_out(task: Task, config: PosteriorConfig) -> tuple[Split, Split]:
+    """The training part and the held-out part (`val_fraction` of the training split, seeded by the
+    task): the supernet trains on the first, masks are scored on the second."""
+    return task.dataset.train.split(1.0 - config.val_fraction, seed=task.seed)
+
+
 def held_out_split(task: Task, config: PosteriorConfig) -> tuple[Split, Split, dict[str, Any]]:
-    """The training part, the held-out part (`val_fraction` of the training split, seeded by the task) and a
-    fingerprint of the held-out part (its size and a digest of its labels and images, or of its items'
-    indices for data on disk), so that a later scoring can check it reads the same images."""
-    train, held = task.dataset.train.split(1.0 - config.val_fraction, seed=task.seed)
-    h = hashlib.sha256()
-    h.update(held.y.to(torch.int64).numpy().tobytes())
-    if held.in_memory:
-        h.update(held.x.contiguous().numpy().tobytes())
-    elif held.indices is not None:
-        h.update(held.indices.to(torch.int64).numpy().tobytes())
-    return train, held, {"images": len(held), "digest": h.hexdigest()}
+    """`split_held_out` and the held-out part's fingerprint (`Split.fingerprint`: its size and a digest of
+    its labels and images), which every checkpoint records so that a later scoring can check it reads
+    the same images."""
+    train, held = split_held_out(task, config)
+    return train, held, held.fingerprint()
 
 
 def _check_budget_feasible(space: Any, net_cfg: dict[str, Any], task: Task) -> None:
@@ -202,55 +191,79 @@ def _scheduler(opt: torch.optim.Optimizer, config: PosteriorConfig, epochs: int,
 
 
 def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-               reg: Regulariser | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on CE (+ the regulariser); returns the batch's summed CE and correct count, detached, on
-    the device: no host-device sync (the epoch's sums are read once, after the epoch)."""
+               reg: Regulariser | None = None, acc: Accumulator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on CE (+ the regulariser); adds the batch to `acc` and returns the batch's summed CE
+    and correct count, detached, on the device: no host-device sync (the epoch's sums are read once,
+    after the epoch)."""
     logits = net(x)
     ce = F.cross_entropy(logits, y)
     loss = ce if reg is None else ce + reg()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    if acc is not None:
+        acc.add_batch(logits, y, loss=ce)
     return ce.detach() * y.shape[0], (logits.detach().argmax(1) == y).sum()
 
 
+def _per_rank_batch(batch_size: int, ctx: SearchContext) -> int:
+    """The per-rank share of the global batch (check() refuses one that does not divide)."""
+    return max(1, batch_size // ctx.world_size)
+
+
 def finetune(model: nn.Module, train: Split, config: PosteriorConfig, task: Task, epochs: int | None = None,
-             run: Run | None = None) -> nn.Module:
+             run: Run | None = None, ctx: SearchContext | None = None) -> nn.Module:
     """Fine-tune a sub-network with inherited weights on the training part: CE only, SGD with the search's
-    momentum (and Nesterov), no weight decay, cosine from `finetune_lr` (default: the search's lr) to 0.
-    The paper's "w/ FT" rows; its own results are not fine-tuned."""
+    momentum (and Nesterov), no weight decay, cosine from `finetune_lr` (default: the search's lr) to 0;
+    data-parallel under torchrun (the batch is the search's global batch). The paper's "w/ FT" rows; its
+    own results are not fine-tuned."""
     epochs = config.finetune_epochs if epochs is None else epochs
-    dev = task.device
+    ctx = ctx or task.context
+    dev = ctx.device
     model = model.to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=config.finetune_lr or config.lr, momentum=config.momentum,
                           nesterov=bool(config.nesterov), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    loader = make_loader(train, config.batch_size, train=True, device=dev, cutout=config.cutout,
-                         seed=task.seed + 1, drop_last=len(train) >= config.batch_size)
+    ddp = ctx.wrap(model, find_unused_parameters=False)  # a pruned network uses every parameter
+    loader = ctx.loader(train, _per_rank_batch(config.batch_size, ctx), train=True, cutout=config.cutout,
+                        seed=task.seed + 1, drop_last=len(train) >= config.batch_size)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        ce_sum = torch.zeros((), device=dev)
-        seen = 0
+        ddp.train()
+        acc = Accumulator(dev)
         for x, y in loader:
-            ce, _ = train_step(model, x, y, opt)
-            ce_sum += ce
-            seen += y.shape[0]
+            with ctx.step():
+                train_step(ddp, x, y, opt, acc=acc)
         sched.step()
         if run is not None:
-            run.log(config.epochs + epoch + 1, finetune_loss=ce_sum / max(seen, 1))
+            stats = acc.compute(reduce_ranks=True)
+            run.log(config.epochs + epoch + 1, **{"search/finetune_loss": stats["loss"],
+                                                  "search/finetune_top1": stats["top1"]})
+    ctx.sync_buffers(model)  # rank 0's BatchNorm statistics everywhere (each rank saw its own shard)
     return model.eval()
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: Any) -> float:
-    """Top-1 accuracy of a (pruned) network on (x, y) batches; the count is read once, at the end."""
+    """Top-1 accuracy (a fraction) of a (pruned) network on (x, y) batches; read once, at the end."""
     model.eval()
-    hits = torch.zeros((), dtype=torch.long)
-    total = 0
+    acc: Accumulator | None = None
     for x, y in batches:
-        hits = hits.to(y.device) + (model(x).argmax(1) == y).sum()
-        total += y.shape[0]
-    return int(hits) / max(total, 1)
+        acc = acc or Accumulator(y.device)
+        acc.add_batch(model(x), y)
+    return acc.compute()["top1"] if acc is not None else 0.0
+
+
+def score_on_ranks(ctx: SearchContext, net: SupNet, masks: torch.Tensor, held: Any, fold: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`score_masks` with the masks shared out over the ranks (each scores its contiguous share on the
+    whole held-out part) and every score given to every rank, in the masks' order."""
+    if not ctx.distributed:
+        return score_masks(net, masks, held, fold=fold)
+    mine = torch.tensor_split(masks, ctx.world_size)[ctx.rank]
+    acc, loss = score_masks(net, mine, held, fold=fold)
+    parts = dist.gather_objects((acc.cpu(), loss.cpu()))
+    return torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
 
 
 class PosteriorSearch(SearchMethod):
@@ -261,13 +274,43 @@ class PosteriorSearch(SearchMethod):
     budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params")
     config_cls: ClassVar[type] = PosteriorConfig
 
+    # ---- every refusal, before the run directory exists -------------------------------------------
+    def check(self, task: Task, config: PosteriorConfig) -> None:
+        """Refuse, before anything is written: a budget on another cost (the base class), a config that
+        does not fit the task's data (a supernet option of another space, a batch the ranks cannot
+        share), a held-out split that leaves either part empty, and a budget that even the smallest
+        network of the supernet breaks. The recipe is resolved for the task's data first, as `search`
+        resolves it."""
+        super().check(task, config)
+        cfg = config.resolve(task)
+        space = get_supnet_space(cfg.space)
+        net_cfg = supernet_net(cfg, task)
+        world = dist.world_size()
+        if cfg.batch_size % world:
+            fit = cfg.batch_size // world * world or world
+            raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {world} "
+                              f"ranks: use a multiple of {world} (e.g. -o batch_size={fit})")
+        n = len(task.dataset.train)
+        n_train = int(n * (1.0 - cfg.val_fraction))
+        if n_train == 0 or n_train == n:
+            part = "training" if n_train == 0 else "held-out"
+            raise DataError(f"val_fraction={cfg.val_fraction} of {task.dataset.name}'s {n} training images leaves "
+                            f"the {part} part empty: the supernet trains on one part and masks are scored on the "
+                            f"other; use more training images or another val_fraction (e.g. -o val_fraction=0.2)")
+        if n_train < world:
+            raise DataError(f"the training part has {n_train} images, fewer than the {world} ranks: use more data "
+                            f"or fewer ranks")
+        _check_budget_feasible(space, net_cfg, task)
+
+    # ---- the search ------------------------------------------------------------------------------
     def search(self, task: Task, config: PosteriorConfig, run: Run) -> SearchResult:
         config = config.resolve(task)
-        dev = task.device
+        ctx = task.context
+        dev = ctx.device
         space = get_supnet_space(config.space)
         net_cfg = supernet_net(config, task)
-        train_split, held_split, held_print = held_out_split(task, config)
-        _check_budget_feasible(space, net_cfg, task)
+        train_split, held_split = split_held_out(task, config)
+        held_print = held_split.fingerprint()
         net: SupNet = space.supernet(net_cfg, p_init=config.p_init, temperature=config.temperature).to(dev)
         if config.drop_rates == "fixed":
             net.fix_drop_rates()
@@ -281,53 +324,54 @@ class PosteriorSearch(SearchMethod):
         opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=bool(config.nesterov),
                               weight_decay=0.0)  # none: the l2 term of the regulariser replaces it
         sched = _scheduler(opt, config, config.epochs, config.lr_min)
+        components = {"model": {"supernet": net}, "optimizers": {"sgd": opt}, "schedulers": {"lr": sched}}
+        got = run.resume(**components, map_location=dev)
         start = 0
-        state = run.restore(map_location=dev)
-        if state is not None:
-            if state.get("held_out", held_print) != held_print:
+        if got is not None:
+            saved = got.extra.get("held_out")
+            if saved != held_print:
                 raise ConfigError(f"cannot resume: the task's held-out split ({held_print['images']} images) is not "
-                                  f"the one this search held out ({state['held_out']['images']}); resume with "
+                                  f"the one this search held out ({(saved or {}).get('images')}); resume with "
                                   f"the same data and seed, or pass --overwrite to start again")
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start = int(state["epoch"])
-
+            start = got.epoch
+        # every parameter takes part in every training forward (dropout scales inputs, nothing is
+        # skipped), so DDP need not look for unused ones; the regulariser reads the same parameters
+        # outside the forward, and DDP averages the sum of both gradients
+        model = ctx.wrap(net, find_unused_parameters=False)
         # a training split smaller than one batch (micro runs) still trains: keep its last, partial batch
-        loader = make_loader(train_split, config.batch_size, train=True, device=dev, cutout=config.cutout,
-                             seed=task.seed, drop_last=len(train_split) >= config.batch_size)
-        held_loader = make_loader(held_split, config.batch_size, train=False, device=dev)
-        held = list(held_loader) if held_split.in_memory else held_loader  # small sets: batches cut once
+        loader = ctx.loader(train_split, _per_rank_batch(config.batch_size, ctx), train=True, cutout=config.cutout,
+                            seed=task.seed, drop_last=len(train_split) >= config.batch_size)
         reg = Regulariser(gates, config.l2, config.N, config.regulariser)
         t0 = time.time()
         for epoch in range(start, config.epochs):
             loader.set_epoch(epoch)
-            net.train()
-            ce_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            seen = 0
+            model.train()
+            acc = Accumulator(dev)
             for x, y in run.progress(loader, desc=f"epoch {epoch + 1}/{config.epochs}", total=len(loader)):
-                ce, hits = train_step(net, x, y, opt, reg)
-                ce_sum += ce
-                correct += hits
-                seen += y.shape[0]
+                with ctx.step():
+                    train_step(model, x, y, opt, reg, acc)
             sched.step()
+            stats = acc.compute(reduce_ranks=True)
             p = net.drop_rates().detach()
-            run.log(epoch + 1, train_loss=ce_sum / max(seen, 1), train_acc=correct / max(seen, 1),
-                    reg=reg().detach(), p_mean=p.mean(), p_min=p.min(), p_max=p.max(), lr=sched.get_last_lr()[0],
-                    time_s=time.time() - t0)
-            run.checkpoint({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "config": config.to_dict(), "held_out": held_print}, epoch + 1)
+            run.log(epoch + 1, **{
+                "train/loss": stats["loss"], "train/top1": stats["top1"], "search/regulariser": reg().detach(),
+                "search/p_mean": p.mean(), "search/p_min": p.min(), "search/p_max": p.max(),
+                "search/lr": sched.get_last_lr()[0], "search/time_s": time.time() - t0})
+            run.save_state(epoch + 1, **components, extra={"held_out": held_print})
 
-        result = self._sample(net, space, net_cfg, held, task, config, run)
+        # each rank updated its BatchNorm statistics on its own shard: score with rank 0's everywhere
+        ctx.sync_buffers(net)
+        held_loader = make_loader(held_split, config.batch_size, train=False, device=dev, distributed=False)
+        held = list(held_loader) if held_split.in_memory else held_loader  # small sets: batches cut once
+        result = self._sample(ctx, net, space, net_cfg, held, task, config, run)
         result.state["held_out"] = held_print
         result.metrics["held_out_images"] = held_print["images"]
-        model = self._inherited_model(result, net)
+        model_out = self._inherited_model(result, net)
         if config.finetune_epochs:
-            model = finetune(model, train_split, config, task, run=run)
-            result.metrics["finetuned_acc"] = accuracy(model, held)
+            model_out = finetune(model_out, train_split, config, task, run=run, ctx=ctx)
+            result.metrics["finetuned_acc"] = accuracy(model_out, held)
         result.metrics["model"] = "finetuned" if config.finetune_epochs else "inherited"
-        result.model = model.cpu()
+        result.model = model_out.cpu()
         return result
 
     def _inherited_model(self, result: SearchResult, net: SupNet) -> nn.Module:
@@ -339,30 +383,38 @@ class PosteriorSearch(SearchMethod):
         keep = net.plan.keep_of(space.mask_of(arch.spec, arch.net))
         return inherit_weights(arch.build().to(next(net.parameters()).device), net, keep).eval()
 
-    def _sample(self, net: SupNet, space: Any, net_cfg: dict[str, Any], held: Any, task: Task,
+    def _sample(self, ctx: SearchContext, net: SupNet, space: Any, net_cfg: dict[str, Any], held: Any, task: Task,
                 config: PosteriorConfig, run: Run) -> SearchResult:
-        """Posterior-guided sampling (and the uniform baseline): the best mask becomes the result."""
-        dev = task.device
+        """Posterior-guided sampling (and the uniform baseline): the best mask becomes the result. The
+        masks are drawn on rank 0 and given to every rank; the ranks share the scoring."""
+        dev = ctx.device
         plan = net.plan
         rates = channel_rates(net)
         budget = task.budget if task.budget.is_set else None
         C = config.num_samples
+        max_draws = config.max_draws_factor * C
         t0 = time.time()
-        gen = torch.Generator(device=dev).manual_seed(task.seed * 1_000_003 + 11)
-        draw = draw_masks(plan, rates, C, gen, budget, max_draws=config.max_draws_factor * C)
-        if draw.masks.shape[0] == 0:
-            macs, params = plan.costs(draw_masks(plan, rates, 64, gen).masks)
+
+        def draw(seed_offset: int, channel_rates_: torch.Tensor) -> tuple[torch.Tensor, int]:
+            gen = torch.Generator(device=dev).manual_seed(task.seed * 1_000_003 + seed_offset)
+            d = draw_masks(plan, channel_rates_, C, gen, budget, max_draws=max_draws)
+            return d.masks, d.drawn
+
+        masks, drawn = ctx.decide(draw, 11, rates)
+        if masks.shape[0] == 0:
+            costs = plan.costs(draw_masks(plan, rates, 64, torch.Generator(device=dev).manual_seed(task.seed)).masks)
+            macs, params = (c.median().item() for c in costs)
             raise BudgetError(
-                f"none of {draw.drawn} masks drawn from the posterior meets the budget {task.budget.to_dict()} "
-                f"(their median cost: macs {macs.median():.4g}, params {params.median():.4g}); raise the "
-                f"budget, use a smaller supernet (-o width=...), or raise max_draws_factor")
-        acc, loss = score_masks(net, draw.masks, held, fold=config.score_batch)
+                f"none of {drawn} masks drawn from the posterior meets the budget {task.budget.to_dict()} "
+                f"(their median cost: macs {macs:.4g}, params {params:.4g}); raise the budget, use a smaller "
+                f"supernet (-o width=...), or raise max_draws_factor")
+        acc, loss = score_on_ranks(ctx, net, masks, held, config.score_batch)
         i = best_index(acc, loss)
-        best = draw.masks[i].cpu()
-        macs, params = plan.costs(draw.masks)
+        best = masks[i].cpu()
+        macs, params = plan.costs(masks)
         metrics: dict[str, Any] = {
             "recipe": config.recipe, "drop_rates": config.drop_rates,
-            "samples": int(draw.masks.shape[0]), "drawn": draw.drawn, "best_acc": float(acc[i]),
+            "samples": int(masks.shape[0]), "drawn": drawn, "best_acc": float(acc[i]),
             "best_loss": float(loss[i]), "mean_acc": float(acc.mean()), "best_macs": float(macs[i]),
             "best_params": float(params[i]), "mean_macs": float(macs.mean()), "p_mean": float(rates.mean()),
             "sampling_time_s": time.time() - t0,
@@ -370,46 +422,49 @@ class PosteriorSearch(SearchMethod):
         uniform_best = None
         # with fixed drop rates every channel already has the same rate: the uniform baseline is the same draw
         if config.uniform_baseline and config.drop_rates == "learned":
-            gen_u = torch.Generator(device=dev).manual_seed(task.seed * 1_000_003 + 29)
-            uni = draw_masks(plan, torch.full_like(rates, float(rates.mean())), C, gen_u, budget,
-                             max_draws=config.max_draws_factor * C)
-            if uni.masks.shape[0]:
-                acc_u, loss_u = score_masks(net, uni.masks, held, fold=config.score_batch)
+            uni, _ = ctx.decide(draw, 29, torch.full_like(rates, float(rates.mean())))
+            if uni.shape[0]:
+                acc_u, loss_u = score_on_ranks(ctx, net, uni, held, config.score_batch)
                 j = best_index(acc_u, loss_u)  # the same selection rule as the posterior's
-                uniform_best = uni.masks[j].cpu()
+                uniform_best = uni[j].cpu()
                 metrics.update(uniform_best_acc=float(acc_u[j]), uniform_mean_acc=float(acc_u.mean()),
-                               uniform_samples=int(uni.masks.shape[0]))
-        run.log(config.epochs, **{f"sampling/{k}": v for k, v in metrics.items()})
+                               uniform_samples=int(uni.shape[0]))
+        run.log(config.epochs, **{f"search/{k}": v for k, v in metrics.items()})
+        if ctx.is_main:
+            log.info("posterior-guided sampling: best of %d masks (%d drawn) has held-out top-1 %.4f, %.4g MACs, "
+                     "%.4g params (mean drop rate %.3f)%s", metrics["samples"], drawn, metrics["best_acc"],
+                     metrics["best_macs"], metrics["best_params"], metrics["p_mean"],
+                     f"; uniform best {metrics['uniform_best_acc']:.4f}" if "uniform_best_acc" in metrics else "")
+        # the search state: architecture parameters and decisions only, the same on every rank (the
+        # supernet's weights are in the checkpoint)
         state = {
             "space": space.name, "net": net_cfg, "spec": space.spec_of(best, net_cfg), "best_mask": best,
             "drop_rates": net.drop_rates().detach().cpu(), "groups": list(plan.names),
-            "supernet": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         }
         if uniform_best is not None:
             state["uniform_best_mask"] = uniform_best
         return SearchResult(method=self.name, state=state, metrics=metrics, config=config.to_dict())
 
+    # ---- reading a finished search back ----------------------------------------------------------
     def load_supernet(self, run_dir: str | Path, task: Task) -> tuple[SupNet, PosteriorConfig, dict[str, Any]]:
         """The trained supernet of a finished search in `run_dir`, its resolved config and the held-out
         fingerprint, after checking that the task is the search's: same data set and seed (the held-out
         split depends on both) and a held-out split with the same images. One-line errors otherwise."""
-        record = read_search_record(run_dir, self.name, task)  # the method, the dataset's name and the seed
-        config = config_from_dict(PosteriorConfig, record["config"]).resolve(task)
-        state = load_final_checkpoint(run_dir, self.name, config.epochs, map_location=task.device,
-                                      keys=("model", "config", "held_out"))
-        config = config_from_dict(PosteriorConfig, state["config"])
-        _, _, held_print = held_out_split(task, config)
-        if held_print != state["held_out"]:
-            raise ConfigError(
-                f"the task's data differ from the search's in {str(run_dir)!r}: its held-out split "
-                f"({held_print['images']} images) is not the one the search held out "
-                f"({state['held_out']['images']} images), so the scores would count images the supernet was "
-                f"trained on; pass the same data set (and subset) and seed as the search")
+        run = Run.open(run_dir, method=self.name, task=task)  # the method, the dataset's name and the seed
+        config = run.config(PosteriorConfig).resolve(task)
         space = get_supnet_space(config.space)
         net: SupNet = space.supernet(supernet_net(config, task), p_init=config.p_init,
                                      temperature=config.temperature).to(task.device)
-        net.load_state_dict(state["model"])
-        return net, config, state["held_out"]
+        extra = run.load_final(config.epochs, model={"supernet": net}, map_location=task.device)
+        _, held = split_held_out(task, config)
+        saved = extra.get("held_out") or {}
+        if held.fingerprint() != saved:
+            raise ConfigError(
+                f"the task's data differ from the search's in {str(run_dir)!r}: its held-out split "
+                f"({len(held)} images) is not the one the search held out ({saved.get('images')} images), so "
+                f"the scores would count images the supernet was trained on; pass the same data set (and "
+                f"subset) and seed as the search")
+        return net, config, saved
 
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int = 0) -> list[tuple[Arch, float]]:
         """The harness's ranking hook: n distinct networks drawn from a finished run's posterior, each
@@ -418,8 +473,8 @@ class PosteriorSearch(SearchMethod):
         net, config, _ = self.load_supernet(run_dir, task)
         space = get_supnet_space(config.space)
         net_cfg = supernet_net(config, task)
-        _, held_split, _ = held_out_split(task, config)
-        held = list(make_loader(held_split, config.batch_size, train=False, device=task.device))
+        _, held_split = split_held_out(task, config)
+        held = list(make_loader(held_split, config.batch_size, train=False, device=task.device, distributed=False))
         gen = torch.Generator(device=task.device).manual_seed(seed * 1_000_003 + 47)
         draws = net.plan.effective(draw_masks(net.plan, channel_rates(net), 50 * n, gen).masks)
         first: dict[bytes, int] = {}

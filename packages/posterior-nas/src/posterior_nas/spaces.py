@@ -1,7 +1,8 @@
 """The paper's supernets as nas_common spaces: `supnet-m`, `supnet-mi` (CIFAR) and `supnet-r` (ImageNet).
 
-Importing this module registers them (entry point group `nas_common.spaces`). An architecture is a
-pruned network of a supernet:
+Importing this module registers them (entry point group `nas_common.spaces`), and the paper's training
+schedules as `nas train` presets (`pgnas-cifar`, `pgnas-imagenet`). An architecture is a pruned network
+of a supernet:
 
     spec = {"keep": {"s1.b0.p1.conv2": "1101...0", ...}}      # kept input channels per group
     net  = {"width": 96, "blocks": [4, 4, 4], "stem": 16, "num_classes": 10, "input": [3, 32, 32]}
@@ -23,8 +24,11 @@ from torch import nn
 from nas_common.errors import ArchFileError
 from nas_common.registry import SPACES
 from nas_common.spaces.base import Space
+from nas_common.train.config import TRAIN_PRESETS as _TRAIN_PRESET_REGISTRY
+from nas_common.train.config import register_train_preset
 
-from .supernets import PLANS, Plan
+from .recipes import TRAIN_PRESETS
+from .supernets import PLANS, R_BRANCHES, Plan
 
 DEFAULT_NETS: dict[str, dict[str, Any]] = {
     "supnet-m": {"width": 96, "blocks": [4, 4, 4], "stem": 16, "stem_stride": 1, "num_classes": 10,
@@ -33,6 +37,11 @@ DEFAULT_NETS: dict[str, dict[str, Any]] = {
                   "input": [3, 32, 32]},
     "supnet-r": {"width": 64, "blocks": [3, 4, 6, 3], "num_classes": 1000, "input": [3, 224, 224]},
 }
+
+
+def _even_sizes(n: int, k: int) -> list[int]:
+    """The sizes of `torch.chunk`-like equal parts of n (n divisible by k where it matters: SupNet-R)."""
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def _pos_int(v: Any, name: str) -> int:
@@ -140,6 +149,56 @@ class SupNetSpace(Space):
         g = torch.Generator().manual_seed(rng.getrandbits(62))
         return self.spec_of(torch.rand(plan.num_channels, generator=g) < rate, net)
 
+    # ---- what the harness's equal-cost baselines need -------------------------------------------
+    def costs(self, spec: dict[str, Any], net: dict[str, Any]) -> dict[str, float]:
+        """MACs and params in closed form (the plan's per-conv count, vanishing rule applied): equal to
+        the counted costs of `build(spec, net)`."""
+        plan = self.plan(net)
+        macs, params = plan.costs(self.mask_of(spec, net).reshape(1, -1))
+        return {"macs": float(macs[0]), "params": float(params[0])}
+
+    def scaled(self, spec: dict[str, Any], net: dict[str, Any], k: float, extra: dict[str, Any] | None = None
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(spec, net) about `k` times as wide: the supernet's width (and stem) times k (SupNet-R: a
+        multiple of 4, one quarter per branch), then the net keys `extra` set (a size variant, e.g. another
+        stem), and in every group the same fraction of its input channels kept as in `spec`, spread
+        evenly over the new group (which channels does not matter to a network trained from scratch,
+        only how many)."""
+        net = self.validate_net(net)
+        width = max(1, round(net["width"] * k))
+        if self.kind == "R":
+            width = max(4, 4 * round(width / 4))
+        new_net = {**net, "width": width}
+        if "stem" in net:
+            new_net["stem"] = max(1, round(net["stem"] * k))
+        new_net = self.validate_net({**new_net, **(extra or {})})
+        keep = self.validate_spec(spec)["keep"]
+        if not keep:
+            return {"keep": {}}, new_net
+        old_plan, new_plan = self.plan(net), self.plan(new_net)
+        mask = old_plan.split(self.mask_of(spec, net).reshape(1, -1))
+        parts = []
+        for g, c in new_plan.groups:
+            # SupNet-R's conv3 reads the four branches' outputs, a quarter each: keep each quarter's fraction
+            segments = len(R_BRANCHES) if self.kind == "R" and g.endswith(".conv3") else 1
+            for old_seg, size in zip(mask[g][0].chunk(segments), _even_sizes(c, segments), strict=True):
+                f = float(old_seg.float().mean())
+                idx = torch.arange(size, dtype=torch.float64)
+                parts.append(torch.floor((idx + 1) * f) > torch.floor(idx * f))  # round(size f), evenly spread
+        return self.spec_of(torch.cat(parts), new_net), new_net
+
+    def reference(self, net: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The full supernet (every channel kept) at `net`'s size: for SupNet-M the shake-shake 26 2x96d
+        layout without the shake, for SupNet-R ResNet-50 with the four branches."""
+        return f"full {self.name}", {"keep": {}}, self.validate_net(net)
+
+    def size_variants(self, net: dict[str, Any]) -> list[dict[str, Any]]:
+        """Other stem widths (SupNet-M/MI), finer steps than the stage widths give; none for SupNet-R."""
+        net = self.validate_net(net)
+        if "stem" not in net:
+            return []
+        return [{"stem": net["stem"] + d} for d in (1, -1, 2, -2, 3, -3, 4, -4) if net["stem"] + d >= 1]
+
     def describe(self, spec: dict[str, Any]) -> str:
         keep = self.validate_spec(spec)["keep"]
         kept = sum(b.count("1") for b in keep.values())
@@ -158,6 +217,12 @@ SPACES_BY_NAME = {
 for _name, _space in SPACES_BY_NAME.items():
     if not SPACES.registered(_name):  # importing twice (entry point + direct import) must not raise
         SPACES.register(_name, _space)
+
+
+# the paper's schedules as `nas train` presets (recipes.py)
+for _name, _values in TRAIN_PRESETS.items():
+    if _name not in _TRAIN_PRESET_REGISTRY._items:  # importing twice must not raise
+        register_train_preset(_name, _values)
 
 
 def get_supnet_space(name: str) -> SupNetSpace:

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from ..arch import Arch, get_arch, list_archs
-from ..cli import command
+from ..cli import command, emit_json
 from ..errors import ConfigError
 
 
@@ -39,21 +38,25 @@ def arguments(p: argparse.ArgumentParser) -> None:
 def arch_costs(arch: Arch, latency: bool = False, memory: bool = False, device: Any = "cpu",
                repeats: int = 20, warmup: int = 5) -> dict[str, Any]:
     """{"macs", "params"} (+ "memory" bytes, "latency" seconds) of `arch` on its net["input"]."""
-    from ..costs import count_macs, count_params, measure_latency, memory_breakdown
+    from ..costs import check_fits, count_costs, latency_stats, memory_breakdown
 
-    model = arch.build()
     shape = tuple(arch.net["input"])
-    out: dict[str, Any] = {"macs": count_macs(model, shape), "params": count_params(model)}
-    if memory or latency:
+    counted = count_costs(arch)  # on the meta device: exact, instant, nothing allocated
+    out: dict[str, Any] = {"macs": int(counted["macs"]), "params": int(counted["params"])}
+    if memory or latency:  # measured on the real device
         from ..device import resolve_device
 
         dev = resolve_device(device)
+        check_fits(counted["params"], dev)
+        model = arch.build()
         if memory:
             mem = memory_breakdown(model, shape, 1, dev)
             out["memory"] = mem["total"]
             out["memory_detail"] = mem
         if latency:
-            out["latency"] = measure_latency(model, shape, 1, dev, warmup=warmup, repeats=repeats)
+            stats = latency_stats(model, shape, 1, dev, warmup=warmup, repeats=repeats)
+            out["latency"] = stats["median"]
+            out["latency_iqr"] = stats["iqr"]
             out["latency_device"] = str(dev)
     return out
 
@@ -80,7 +83,7 @@ def _run_all(args: argparse.Namespace) -> int:
         rows.append({"arch": name, "space": arch.space, "input": arch.net["input"], **c,
                      "published": {k: v for k, v in PUBLISHED.get(name, {}).items() if k in ("macs", "params")}})
     if args.json:
-        print(json.dumps(rows))
+        emit_json(rows)
         return 0
     print("MACs = multiply-accumulates (what papers call FLOPs); published figures in parentheses")
     head = "| arch | space | input | MACs | params |" + (" memory |" if args.memory else "") + \
@@ -115,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     c = arch_costs(arch, latency=args.latency, memory=args.memory, device=args.device, repeats=args.repeats,
                        warmup=args.warmup)
     if args.json:
-        out = {k: c[k] for k in ("macs", "params", "memory", "latency") if k in c}
-        print(json.dumps(out))
+        out = {k: c[k] for k in ("macs", "params", "memory", "latency", "latency_iqr") if k in c}
+        emit_json(out)
         return 0
     print(f"{args.arch}: {arch.space}: {arch.describe()}")
     print(f"  input  {'x'.join(map(str, arch.net['input']))}, {arch.net['num_classes']} classes")
@@ -128,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
               f"{m['activations'] / 2**20:.2f} MiB (batch 1, {m['device']}, "
               f"{'measured peak' if m['method'] == 'cuda-peak' else 'estimate: sum of layer outputs'})")
     if "latency" in c:
-        print(f"  latency: {c['latency'] * 1e3:.3f} ms (median of {args.repeats}, batch 1, {c['latency_device']})")
+        print(f"  latency: {c['latency'] * 1e3:.3f} ms (median of {args.repeats}, interquartile range "
+              f"{c['latency_iqr'] * 1e3:.3f} ms, batch 1, {c['latency_device']})")
     return 0

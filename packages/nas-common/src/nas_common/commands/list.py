@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..arch import list_archs
-from ..cli import command
+from ..cli import command, emit_json
 from ..config import list_presets
 from ..data import list_datasets
 from ..registry import COSTS, OPS, get_method, list_methods, method_version
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             "ops": OPS.names(), "costs": {n: {"unit": c.unit, "argument": c.arg, "description": c.description}
                                          for n, c in COSTS.items()}}
     if args.json:
-        print(json.dumps(info, indent=2))
+        emit_json(info)
         return 0
     print("methods:")
     for name, m in methods.items():

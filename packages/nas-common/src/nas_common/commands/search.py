@@ -9,10 +9,9 @@ The method's own flags come from its `cli_options`; nas-common names no method.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
-from ..cli import add_common_run_args, command
+from ..cli import EXIT_OVER_BUDGET, add_common_run_args, add_keep_best_arg, command, emit_json
 from ..data import get_dataset
 from ..device import resolve_device
 from ..errors import NASError
@@ -46,6 +45,7 @@ def arguments(p: argparse.ArgumentParser, argv: Sequence[str] = ()) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_keep_best_arg(p, "the method's validation metric")
     name = _method_in(argv)
     if name is None or name not in list_methods():
         p.epilog = "each method adds its own options: see `nas search METHOD --help`"
@@ -78,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"nas search {args.method}: dataset {ds.name}, device {device} ({device_name(device)}), "
               f"seed {args.seed}, torch {v.get('torch')}, out {args.out}")
     result, arch = run_search(cls, task, out=args.out, preset=args.preset, config_file=args.config,
-                              overrides=overrides, resume=args.resume, overwrite=args.overwrite)
+                              overrides=overrides, resume=args.resume, overwrite=args.overwrite,
+                              keep_best=args.keep_best)
     over = budget.violations(arch.costs)
     if args.json:
-        print(json.dumps({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over}))
+        emit_json({"arch": arch.to_dict(), "metrics": result.metrics, "over_budget": over})
     else:
         print(f"found: {arch.describe()}")
         extra = "".join(f"  {k} {arch.costs[k]:.4g}" for k in budget.limits if k not in ("macs", "params"))
@@ -94,4 +95,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  written: {args.out}/arch.json (retrain with `nas train {args.out}/arch.json --out ...`)")
         if over:
             print(f"  WARNING: over budget: {'; '.join(over)}")
-    return 1 if over else 0
+    return EXIT_OVER_BUDGET if over else 0

@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from .. import dist
-from ..cli import add_common_run_args, command
+from ..cli import add_common_run_args, add_keep_best_arg, command, emit_json
 
 
 def arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +30,9 @@ def arguments(p: argparse.ArgumentParser) -> None:
                    help="rebuild an arch.json for the dataset's classes and input shape instead of refusing")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (each epoch still logs one line; -q turns those off)")
+    add_keep_best_arg(p, "test/top1")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         res = train_arch(args.arch, args.dataset, out=args.out, preset=args.preset, config_file=args.config,
                          overrides=_overrides(args), seed=args.seed, device=device, teacher=args.teacher,
                          resume=args.resume, overwrite=args.overwrite, adapt=args.adapt, data_dir=args.data_dir,
-                         download=args.download, progress=not quiet, verbose=not quiet)
+                         download=args.download, progress=not quiet, verbose=not quiet, keep_best=args.keep_best)
         main = dist.is_main()
         dist.barrier()  # leave the process group together: a rank tearing it down early can abort the others
     finally:
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     m = res.metrics
     if args.json:
-        print(json.dumps({"run_dir": str(res.run_dir), "arch": res.arch.digest, "costs": res.arch.costs,
-                          "metrics": m}))
+        emit_json({"run_dir": str(res.run_dir), "arch": res.arch.digest, "costs": res.arch.costs,
+                          "metrics": m})
         return 0
     print(f"trained {res.arch.space} {res.arch.digest}: MACs {res.arch.costs.get('macs', 0) / 1e6:.2f}M  "
           f"params {res.arch.costs.get('params', 0) / 1e6:.3f}M")

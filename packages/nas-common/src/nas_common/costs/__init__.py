@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import BudgetError, RegistryError
+from ..errors import BudgetError, ConfigError, RegistryError
 from ..registry import COSTS
 from .distributed import makespan
-from .latency import measure_latency
+from .latency import latency_stats, measure_latency
 from .macs import count_macs
 from .memory import measure_memory, memory_breakdown, weight_bytes
 from .params import count_params
@@ -40,16 +40,101 @@ from .tables import (
 )
 
 __all__ = [
-    "COSTS", "ConvShape", "CostInfo", "conv_macs", "conv_params", "count_costs", "count_macs", "count_params",
-    "expected_macs", "get_cost", "list_costs", "makespan", "measure_cost", "measure_latency", "measure_memory",
+    "COSTS", "ConvShape", "CostInfo", "build_on_meta", "check_fits", "check_input_shape", "conv_macs",
+    "conv_params", "count_costs", "count_macs", "count_params",
+    "expected_macs", "get_cost", "latency_stats", "list_costs", "makespan", "measure_cost", "measure_latency",
+    "measure_memory",
     "memory_breakdown", "op_costs", "parse_cost_key", "register_cost", "shapes_macs",
     "shapes_params", "weight_bytes",
 ]
 
 
-def count_costs(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> dict[str, float]:
-    """{"macs": ..., "params": ...} of `model` for one input of shape (C, H, W)."""
-    return {"macs": float(count_macs(model, tuple(input_shape), device=device)), "params": float(count_params(model))}
+def check_input_shape(shape: Any) -> tuple[int, ...]:
+    """`shape` as a (C, H, W) tuple of positive integers, or a one-line ConfigError (a 2-D shape, a
+    batch dimension, a string ...)."""
+    if isinstance(shape, torch.Size):
+        shape = tuple(shape)
+    ok = isinstance(shape, (tuple, list)) and len(shape) == 3 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    if not ok:
+        raise ConfigError(f"input_shape must be (C, H, W) of one input, e.g. (3, 32, 32) (no batch dimension), "
+                          f"got {shape!r}")
+    return tuple(shape)
+
+
+def build_on_meta(arch: Any) -> nn.Module:
+    """`arch.build()` on the meta device: every shape, no memory (so a mistaken 1e9-wide network or an
+    ImageNet one is costed without allocating its weights). Weight initialisation is skipped: meta
+    tensors hold no values, and torch runs their in-place random fills through Python decompositions
+    that import torch._dynamo (seconds) on first use."""
+    from .macs import _SkipMetaInit
+
+    with torch.device("meta"), _SkipMetaInit():
+        return arch.build()
+
+
+def count_costs(model: Any, input_shape: Sequence[int] | None = None, device: torch.device | str | None = None
+                ) -> dict[str, float]:
+    """{"macs": ..., "params": ...} of `model` for one input of shape (C, H, W).
+
+    `model` is an nn.Module or an `Arch`; an Arch is built on the meta device and counted there
+    (exact, nothing allocated), on its own input shape unless `input_shape` is given."""
+    from ..arch import Arch
+
+    if isinstance(model, Arch):
+        shape = check_input_shape(tuple(model.net["input"]) if input_shape is None else input_shape)
+        return arch_costs_meta(model, shape)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"count_costs takes an nn.Module or an Arch, got {type(model).__name__}")
+    if input_shape is None:
+        raise ConfigError("count_costs(model, input_shape): give the (C, H, W) shape of one input, e.g. (3, 32, 32)")
+    shape = check_input_shape(input_shape)
+    return {"macs": float(count_macs(model, shape, device=device)), "params": float(count_params(model))}
+
+
+def arch_costs_meta(arch: Any, input_shape: Sequence[int] | None = None) -> dict[str, float]:
+    """MACs and params of `arch` counted on the meta device (see `build_on_meta`)."""
+    from ..errors import NASError
+
+    shape = check_input_shape(tuple(arch.net["input"]) if input_shape is None else tuple(input_shape))
+    try:
+        model = build_on_meta(arch)
+        return {"macs": float(count_macs(model, shape, device="meta")), "params": float(count_params(model))}
+    except NASError:
+        raise
+    except (NotImplementedError, RuntimeError, TypeError, ValueError) as e:
+        if "overflow" in str(e):  # a tensor of more than 2**63 bytes: it cannot exist on any device
+            first = str(e).strip().splitlines()[0]
+            raise ConfigError(f"the {arch.space} network is too large to build ({first}): check its widths") from None
+        # a network whose build or forward reads values (data-dependent shapes): count it for real
+        model = arch.build()
+        return {"macs": float(count_macs(model, shape)), "params": float(count_params(model))}
+
+
+def _device_memory(device: torch.device) -> int | None:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "cpu":
+        try:
+            import os
+
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_fits(params: float, device: torch.device | str = "cpu", copies: int = 1, what: str = "network") -> None:
+    """Refuse (ConfigError) a network whose float32 weights, times `copies` (4 for training: weights,
+    gradients, optimizer state and activations), exceed `device`'s memory: said before building it,
+    instead of the allocator failing."""
+    dev = torch.device(device)
+    total = _device_memory(dev)
+    need = float(params) * 4 * copies
+    if total is not None and need > total:
+        raise ConfigError(f"the {what} has {params:.4g} parameters: {need / 2**30:.4g} GiB "
+                          f"({'weights' if copies == 1 else f'{copies} x the weights'}) do not fit in the "
+                          f"{total / 2**30:.4g} GiB of {dev}; check its widths, or use a smaller network")
 
 
 # ---- the registry of named costs ------------------------------------------------------------------

@@ -122,6 +122,9 @@ def list_datasets() -> list[str]:
 
 def get_dataset(name: str, data_dir: str | Path | None = None, download: bool = False) -> Dataset:
     """The dataset `name` (see `list_datasets()`); `npz:PATH` loads any .npz with cifar10-mini's keys."""
+    if not isinstance(name, str):
+        raise DataError(f"a dataset is named by a string (one of {', '.join(list_datasets())}), got "
+                        f"{type(name).__name__}")
     if name.startswith("npz:"):
         return load_npz(name[4:], name=name)
     try:
@@ -148,6 +151,11 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
         xs.append(x)
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise DataError(f"{source}: x_train images are {xs[0].shape[1:]} but x_test images are {xs[1].shape[1:]}")
+    for key, x in (("x_train", xs[0]), ("x_test", xs[1])):
+        if len(x) == 0:
+            raise DataError(f"{source}: {key} holds no images: a dataset needs training and test images")
+        if min(x.shape[1:]) < 1:
+            raise DataError(f"{source}: {key} images have an empty side (shape {x.shape})")
     ys = []
     for key, y, x in (("y_train", y_train, xs[0]), ("y_test", y_test, xs[1])):
         y = np.asarray(y).reshape(-1)
@@ -159,6 +167,7 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
             raise DataError(f"{source}: {key} has negative labels")
         ys.append(y.astype(np.int64))
     num_classes = int(max(ys[0].max(initial=0), ys[1].max(initial=0))) + 1
+    _warn_sparse_labels(source, np.concatenate(ys), num_classes)
     c = xs[0].shape[-1]
     if mean is None or std is None:
         sample = xs[0][: 10000].astype(np.float64) / 255.0
@@ -176,23 +185,65 @@ def from_arrays(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     )
 
 
+def _warn_sparse_labels(source: str, y: np.ndarray, num_classes: int) -> None:
+    """Warn when the largest label is far above the others (labels 0-9 and one 999 build a 1000-class
+    model): the class count is the largest label + 1."""
+    if num_classes <= 2:
+        return
+    present = int(np.unique(y).size)
+    if present * 2 < num_classes:
+        import warnings
+
+        warnings.warn(f"{source}: labels run up to {num_classes - 1} but only {present} distinct values occur, "
+                      f"so the model gets {num_classes} outputs; relabel to 0..{present - 1} if that is not "
+                      f"intended", stacklevel=3)
+
+
+_SAVE_HINT = "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+
+
 def load_npz(path: str | Path, name: str | None = None, mean: tuple[float, ...] | None = None,
              std: tuple[float, ...] | None = None) -> Dataset:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DataError(f"npz file {str(p)!r} does not exist: give the path of a .npz with keys "
-                        f"{', '.join(NPZ_KEYS)}")
+    """A Dataset from a .npz of uint8 images (N, H, W[, C]) and integer labels (keys NPZ_KEYS, and
+    optionally `classes`); a missing, truncated, foreign or pickled file is a one-line DataError."""
+    import zipfile
+    import zlib
+
+    from ..io import check_file
+
+    p = check_file(path, "npz file", f"a .npz with keys {', '.join(NPZ_KEYS)}", DataError)
+    bad = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
     try:
         data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p} is not a readable .npz file: {e}") from None
-    missing = [k for k in NPZ_KEYS if k not in data.files]
-    if missing:
-        raise DataError(f"{p} lacks key(s) {', '.join(missing)}: it has {', '.join(data.files) or 'none'}; "
-                        f"save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
-    classes = [str(c) for c in data["classes"]] if "classes" in data.files else None
-    return from_arrays(name or f"npz:{p}", *(data[k] for k in NPZ_KEYS), classes=classes, mean=mean, std=std,
+    except bad as e:
+        raise DataError(f"{p} is not a readable .npz file ({_first_line(e)}): {_SAVE_HINT}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{p} holds a single array, not a .npz archive of named arrays: {_SAVE_HINT}")
+    with data:
+        missing = [k for k in NPZ_KEYS if k not in data.files]
+        if missing:
+            raise DataError(f"{p} lacks key(s) {', '.join(missing)}: it has {', '.join(data.files) or 'none'}; "
+                            f"{_SAVE_HINT}")
+        arrays = {}
+        for k in (*NPZ_KEYS, *(["classes"] if "classes" in data.files else [])):
+            try:
+                arrays[k] = data[k]
+            except ValueError as e:
+                if "allow_pickle" in str(e) or "Object arrays" in str(e):
+                    raise DataError(f"{p}: {k} is an object array (pickled Python objects), which is not "
+                                    f"loaded for safety: store numbers, e.g. np.asarray(x, dtype=np.uint8)") from None
+                raise DataError(f"{p}: {k} cannot be read ({_first_line(e)}): the file may be truncated") from None
+            except bad as e:
+                raise DataError(f"{p}: {k} cannot be read ({_first_line(e)}): the file is truncated or "
+                                f"corrupt; {_SAVE_HINT}") from None
+    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
+    return from_arrays(name or f"npz:{p}", *(arrays[k] for k in NPZ_KEYS), classes=classes, mean=mean, std=std,
                        source=str(p))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 @register_dataset("cifar10-mini")
@@ -265,13 +316,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def read_image(path: str) -> Any:
+    """An RGB PIL image from `path`; an unreadable or corrupt file is a DataError naming it."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated data
+        raise DataError(f"image {path!r} cannot be read ({_first_line(e)}): remove or replace the file") from None
+
+
+def _ImageFolder() -> Any:
+    """torchvision's ImageFolder reading through `read_image` (so a corrupt image names its file)."""
+    import functools
+
+    import torchvision
+
+    return functools.partial(torchvision.datasets.ImageFolder, loader=read_image)
+
+
 @register_dataset("imagefolder")
 def imagefolder(data_dir: str | Path | None = None, download: bool = False, image_size: int = 224) -> Dataset:
     """Any ImageFolder tree (ImageNet included): DATA_DIR/train/<class>/*.jpg and DATA_DIR/val/<class>/*.
 
     Images stay on disk and are served by a DataLoader with the standard ImageNet transforms.
     """
-    import torchvision
     from torchvision import transforms as T
 
     if download:
@@ -287,11 +358,12 @@ def imagefolder(data_dir: str | Path | None = None, download: bool = False, imag
                             f"DATA_DIR/train/<class>/... and DATA_DIR/val/<class>/...")
         splits[part] = d
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    folder = _ImageFolder()
     train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
     test_tf = T.Compose([T.Resize(int(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
     try:
-        tr = torchvision.datasets.ImageFolder(str(splits["train"]), transform=train_tf)
-        te = torchvision.datasets.ImageFolder(str(splits["val"]), transform=test_tf)
+        tr = folder(str(splits["train"]), transform=train_tf)
+        te = folder(str(splits["val"]), transform=test_tf)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read image folders under {str(root)!r}: {e}") from None
     if tr.classes != te.classes:
@@ -299,7 +371,7 @@ def imagefolder(data_dir: str | Path | None = None, download: bool = False, imag
     return Dataset(
         name="imagefolder",
         train=Split(y=torch.as_tensor(tr.targets), source=tr, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    eval_source=torchvision.datasets.ImageFolder(str(splits["train"]), transform=test_tf)),
+                    eval_source=folder(str(splits["train"]), transform=test_tf)),
         test=Split(y=torch.as_tensor(te.targets), source=te, mean=IMAGENET_MEAN, std=IMAGENET_STD),
         num_classes=len(tr.classes),
         input_shape=(3, image_size, image_size),

@@ -5,18 +5,36 @@ exactly the batches an uninterrupted one would.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from .. import dist
+from ..errors import NASError
 from .datasets import Split
 from .transforms import crop_flip, cutout_at, draw_augmentation
 
 
+def default_workers() -> int:
+    """DataLoader workers for disk datasets: the cores this process may use, shared among the ranks of
+    this node under torchrun (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, cores // max(1, local))
+
+
 class DeviceLoader:
-    """Iterate (x, y) batches of an in-memory split, on `device`, normalised, optionally augmented."""
+    """Iterate (x, y) batches of an in-memory split, on `device`, normalised, optionally augmented.
+
+    Kept rather than a torch DataLoader for small datasets: the whole uint8 split sits on the device
+    and a batch is one index_select plus vectorised crop/flip/cutout there, with no worker processes,
+    no per-image Python and no host-to-device copy per batch (a DataLoader with transforms spends most
+    of a CIFAR step in per-image work and collation: benchmarks/bench_data.py compares the two)."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
                  augment: bool | None = None, cutout: int = 0, seed: int = 0, drop_last: bool | None = None,
@@ -101,7 +119,7 @@ class _TorchLoader:
     """A torch DataLoader over a disk split, moving batches to `device` (ImageNet-sized data)."""
 
     def __init__(self, split: Split, batch_size: int, *, train: bool, device: Any, seed: int = 0,
-                 num_workers: int = 4, drop_last: bool | None = None, channels_last: bool = False,
+                 num_workers: int | None = None, drop_last: bool | None = None, channels_last: bool = False,
                  distributed: bool | None = None, augment: bool | None = None, shuffle: bool | None = None
                  ) -> None:
         from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -115,6 +133,7 @@ class _TorchLoader:
         shard = dist.world_size() > 1 if distributed is None else distributed
         self.sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed) if shard else None
         g = torch.Generator().manual_seed(seed)
+        num_workers = default_workers() if num_workers is None else int(num_workers)
         self.loader = DataLoader(ds, batch_size=batch_size, shuffle=shuffle and self.sampler is None,
                                  sampler=self.sampler, num_workers=num_workers, generator=g,
                                  drop_last=train if drop_last is None else drop_last,
@@ -128,16 +147,23 @@ class _TorchLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
+        try:
+            for x, y in self.loader:
+                x = x.to(self.device, non_blocking=True)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                yield x, y.to(self.device, non_blocking=True)
+        except NASError as e:  # raised in a worker (a corrupt image): the DataLoader adds the worker's traceback
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            last = lines[-1] if lines else type(e).__name__
+            if len(lines) > 1 and "Error: " in last:
+                last = last.split("Error: ", 1)[1]
+            raise type(e)(last) from None
 
 
 def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
                 augment: bool | None = None, cutout: int = 0, seed: int = 0, drop_last: bool | None = None,
-                shuffle: bool | None = None, channels_last: bool = False, num_workers: int = 4,
+                shuffle: bool | None = None, channels_last: bool = False, num_workers: int | None = None,
                 distributed: bool | None = None) -> Any:
     """The right loader for `split`: DeviceLoader when it is in memory, a DataLoader otherwise.
 
@@ -145,8 +171,10 @@ def make_loader(split: Split, batch_size: int, *, train: bool, device: torch.dev
     without augmentation it is read through its `eval_source` when it has one (a held-out part of an
     ImageFolder training set gets the evaluation transform). `cutout` applies to in-memory splits.
 
-    `distributed` (default: whether torch.distributed runs with several ranks) shards the items by rank;
-    pass False to read the whole split on every rank (e.g. an evaluation that shards it itself).
+    `num_workers` (disk splits): DataLoader worker processes, default the cores available
+    (`default_workers`). `distributed` (default: whether torch.distributed runs with several ranks)
+    shards the items by rank; pass False to read the whole split on every rank (an evaluation that
+    shards it itself).
     """
     if split.in_memory:
         return DeviceLoader(split, batch_size, train=train, device=device, augment=augment, cutout=cutout,

@@ -72,7 +72,7 @@ class DartsCell(nn.Module):
     """
 
     def __init__(self, genotype: Genotype, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool) -> None:
+                 reduction_prev: bool, prune_dead: bool = True) -> None:
         super().__init__()
         ops = genotype.reduce if reduction else genotype.normal
         concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
@@ -84,9 +84,10 @@ class DartsCell(nn.Module):
         self.C = C
         nodes = [[(2 * i + k, int(ops[2 * i + k][1]), is_null_op(ops[2 * i + k][0])) for k in (0, 1)]
                  for i in range(self.steps)]
-        self.plan = plan_cell(nodes, concat)
+        self.plan = plan_cell(nodes, concat, prune_dead)
 
-        # preprocess only the inputs a live edge reads (NAT's cells may ignore c_{k-2})
+        # preprocess only the inputs a live edge reads (NAT's cells may ignore c_{k-2}), unless the
+        # network keeps DARTS' layout (prune_dead=False: both inputs, every op)
         self.preprocess0 = None
         if 0 in self.plan.needed_inputs:
             self.preprocess0 = (FactorizedReduce(C_prev_prev, C) if reduction_prev
@@ -148,7 +149,8 @@ class DartsNetwork(nn.Module):
     """
 
     def __init__(self, C: int, num_classes: int, layers: int, genotype: Genotype, auxiliary: bool = False,
-                 input_channels: int = 3, stem_multiplier: int = 3, stem: str = "cifar") -> None:
+                 input_channels: int = 3, stem_multiplier: int = 3, stem: str = "cifar", prune_dead: bool = True
+                 ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
@@ -187,7 +189,7 @@ class DartsNetwork(nn.Module):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-            cell = DartsCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev)
+            cell = DartsCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev, prune_dead=prune_dead)
             self.cells.append(cell)
             reduction_prev = reduction
             C_pp, C_p = C_p, cell.multiplier * C_curr
@@ -257,7 +259,9 @@ class DartsSpace(Space):
     default_net: dict[str, Any] = {"C": 36, "layers": 20, "auxiliary": True, "num_classes": 10,
                                    "input": [3, 32, 32]}
     #: keys `net` may hold besides the defaults: `stem` ("cifar", the default, or "imagenet").
-    optional_net: tuple[str, ...] = ("stem",)
+    #: `prune_dead` (default true): build only what a live path reads; false keeps DARTS' layout (both
+    #: inputs preprocessed, every non-null op run), the network NAT's published cells were counted on.
+    optional_net: tuple[str, ...] = ("stem", "prune_dead")
     #: ops `random_spec` draws from: the DARTS candidates without `none`.
     random_ops: tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
 
@@ -327,6 +331,8 @@ class DartsSpace(Space):
         if unknown:
             raise ArchFileError(f"net: unknown key(s) {', '.join(sorted(map(str, unknown)))} for the darts "
                                 f"space; valid: {', '.join(valid)}")
+        if "prune_dead" in out and not isinstance(out["prune_dead"], bool):
+            raise ArchFileError(f"net.prune_dead must be true or false, got {out['prune_dead']!r}")
         if "stem" in out and out["stem"] not in STEMS:
             raise ArchFileError(f"net.stem must be one of {', '.join(map(repr, STEMS))} (the CIFAR or ImageNet "
                                 f"layout of DARTS' network), got {out['stem']!r}")
@@ -343,7 +349,8 @@ class DartsSpace(Space):
         net = self.validate_net(net)
         c_in, h, w = net["input"]
         return DartsNetwork(net["C"], net["num_classes"], net["layers"], spec_to_genotype(spec),
-                            auxiliary=net["auxiliary"], input_channels=c_in, stem=net.get("stem", "cifar"))
+                            auxiliary=net["auxiliary"], input_channels=c_in, stem=net.get("stem", "cifar"),
+                            prune_dead=net.get("prune_dead", True))
 
     def random_spec(self, rng: random.Random, net: dict[str, Any] | None = None, steps: int = 4) -> dict[str, Any]:
         """Uniform: each node takes 2 distinct inputs among its predecessors, each with an op drawn

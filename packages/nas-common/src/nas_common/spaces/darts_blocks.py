@@ -36,12 +36,14 @@ class CellPlan:
         self.computed, self.needed_inputs = computed, needed_inputs
 
 
-def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable[int]) -> CellPlan:
+def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable[int],
+              prune_dead: bool = True) -> CellPlan:
     """Liveness of a cell: `nodes[i]` lists (slot, input_index, is_null) for intermediate node i.
 
     A state is alive if it is a cell input or has a non-null entry from an alive state; a state is
     needed if it is in `concat` or an alive entry of a needed node reads it. Only alive non-null entries
-    of needed nodes run.
+    of needed nodes run. With `prune_dead=False` (DARTS' own cell, which always preprocesses both inputs
+    and runs every op of the genotype) both inputs and every alive node are needed.
     """
     steps = len(nodes)
     concat = list(concat)
@@ -51,6 +53,8 @@ def plan_cell(nodes: Sequence[Sequence[tuple[int, int, bool]]], concat: Iterable
     needed = [False] * (steps + 2)
     for c in concat:
         needed[c] = alive[c]
+    if not prune_dead:
+        needed = [True, True] + alive[2:]
     for i in reversed(range(steps)):
         if needed[i + 2]:
             for _, j, null in nodes[i]:

@@ -25,7 +25,7 @@ from ..data import Dataset, get_dataset
 from ..device import resolve_device
 from ..errors import ArchFileError, ConfigError, DataError, RunError
 from ..registry import ARCHS
-from ..runs import Run, load_model, seed_everything
+from ..runs import Run, check_keep, load_model, seed_everything
 from .config import TrainConfig
 from .trainer import Trainer
 
@@ -39,6 +39,13 @@ class TrainResult:
     metrics: dict[str, Any]
     run_dir: Path
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def check_seed(seed: object) -> int:
+    """`seed` as an integer in [0, 2**31) (what Python, NumPy and torch all accept), or a ConfigError."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ConfigError(f"seed must be an integer in [0, 2**31), got {seed!r}")
+    return seed
 
 
 def fit_arch_to_dataset(arch: Arch, dataset: Dataset, *, adapt: bool = False, what: str = "architecture") -> Arch:
@@ -80,23 +87,41 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
                device: torch.device | str | None = None, teacher: nn.Module | str | Path | None = None,
                resume: bool = False, overwrite: bool = False, adapt: bool = False, data_dir: str | None = None,
                download: bool = False, progress: bool = True, verbose: bool = False,
-               interrupt_after: int | None = None) -> TrainResult:
+               interrupt_after: int | None = None, keep_best: int = 1) -> TrainResult:
     """Train `arch` (a built-in name, an arch.json, a run directory or an Arch) on `dataset` into `out`.
 
     Writes config.toml, arch.json, metrics.jsonl, tb/, checkpoints/last.pt (every epoch), model.pt and
     result.json. A built-in name is sized for the dataset (classes, input shape); a file must match it
     unless `adapt`. `teacher` (an nn.Module or a run directory) turns on knowledge distillation.
-    Under torchrun it trains data-parallel; rank 0 writes.
+    Under torchrun it trains data-parallel; rank 0 writes. `keep_best` keeps checkpoints/best.pt
+    (the epoch with the best test/top1) and, when > 1, the `keep_best` best epochs' checkpoints.
     """
+    from ..config import check_record_file
+    from ..costs import check_fits
+
+    check_seed(seed)
+    check_keep(keep_best)
+    if str(out).strip() == "":
+        raise RunError("--out is empty: name the run directory to write (e.g. --out runs/train1)")
+    if not isinstance(arch, (str, Path, Arch)):
+        raise ConfigError(f"train_arch takes an Arch, an arch.json path or a built-in name, got {type(arch).__name__}")
+    if not isinstance(dataset, (str, Dataset)):
+        hint = " (a Task: pass task.dataset)" if hasattr(dataset, "dataset") else ""
+        raise ConfigError(f"train_arch takes a Dataset or a dataset name, got {type(dataset).__name__}{hint}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
     builtin = isinstance(arch, str) and arch in ARCHS
     a = get_arch(arch)
     ds = dataset if isinstance(dataset, Dataset) else get_dataset(dataset, data_dir=data_dir, download=download)
     a = fit_arch_to_dataset(a, ds, adapt=adapt or builtin)
     if "macs" not in a.costs or "params" not in a.costs:
         a = a.with_costs()
+    if config_file is not None:
+        check_record_file(config_file, kind="train")
     cfg = config if config is not None else resolve_train_config(preset, config_file, overrides)
     teacher_model, teacher_name = _teacher(teacher, ds)
     dev = resolve_device(device)
+    check_fits(a.costs["params"], dev, copies=4, what=f"{a.space} network")  # weights, grads, momentum, slack
     dist.init_from_env(dev)
     ws = dist.world_size()
     if cfg.batch_size % ws:
@@ -118,6 +143,7 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
               "preset": preset or "", "teacher": teacher_name, "config": config_to_dict(cfg)}
     run = Run.create(out, record, resume=resume, overwrite=overwrite, interrupt_after=interrupt_after,
                      progress=progress)
+    run.track_best("test/top1", "max", keep=keep_best)
     try:
         run.save_arch(a)
         seed_everything(seed)
@@ -132,3 +158,24 @@ def train_arch(arch: str | Path | Arch, dataset: str | Dataset, *, out: str | Pa
         return TrainResult(trainer.model.eval(), a, metrics, out, trainer.history)
     finally:
         run.close()
+
+
+def train(arch: str | Path | Arch, dataset: str | Dataset = "cifar10-mini", *, out: str | Path | None = None,
+          preset: str | None = "paper", epochs: int | None = None, batch_size: int | None = None,
+          lr: float | None = None, overrides: Iterable[str] | Mapping[str, Any] = (), **kwargs: Any) -> TrainResult:
+    """Train an architecture in one call: `nas_common.train("resnet20", dataset="cifar10-mini",
+    preset="tiny", epochs=3)`. `epochs`, `batch_size` and `lr` override the preset; `out` defaults to
+    runs/train-DIGEST-TIME; every other keyword goes to `train_arch` (seed, device, teacher, resume,
+    overwrite, config, config_file, adapt, keep_best, ...). Returns the TrainResult (`.model`, `.metrics`,
+    `.arch`, `.run_dir`)."""
+    from ..search import default_out
+
+    ov = dict(overrides) if isinstance(overrides, Mapping) else dict(
+        item.partition("=")[::2] for item in overrides)
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr)):
+        if value is not None:
+            ov[key] = value
+    if out is None:
+        a = arch if isinstance(arch, Arch) else None
+        out = default_out(f"train-{a.digest if a is not None else Path(str(arch)).stem}")
+    return train_arch(arch, dataset, out=out, preset=preset, overrides=ov, **kwargs)

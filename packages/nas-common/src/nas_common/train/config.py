@@ -83,6 +83,7 @@ class TrainConfig(Config):
     eval_every: int = 1  # evaluate on the test split every N epochs (and after the last); 0 = only at the end
     eval_batch_size: int = 256
     nan_check_every: int = 50  # steps between (cheap, batched) checks that the loss is still finite
+    num_workers: int | None = None  # DataLoader workers of disk datasets (ImageFolder); None: the cores available
 
     PRESETS: ClassVar[Mapping[str, dict[str, Any]]] = _Presets()
 
@@ -109,6 +110,11 @@ class TrainConfig(Config):
             raise ConfigError("schedule=step needs milestones, e.g. -o milestones=[150,225]")
         if list(self.milestones) != sorted(self.milestones) or any(m <= 0 for m in self.milestones):
             raise ConfigError(f"milestones={list(self.milestones)} must be increasing positive epochs")
+        if self.schedule == "step" and self.milestones and self.milestones[0] <= self.warmup_epochs:
+            raise ConfigError(f"milestones={list(self.milestones)} must come after the warm-up "
+                              f"(warmup_epochs={self.warmup_epochs})")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers={self.num_workers} must be >= 0 (or none: the cores available)")
         if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
             raise ConfigError("nesterov=true needs momentum > 0: set -o momentum=0.9 or -o nesterov=false")
 

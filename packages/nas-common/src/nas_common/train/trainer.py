@@ -65,9 +65,19 @@ from ..config import config_to_dict
 from ..data import Split, make_loader
 from ..device import resolve_device
 from ..errors import ConfigError, DataError, RunError
-from ..runs import Run
+from ..log import get_logger
+from ..runs import Run, canonical_metric
 from .config import TrainConfig
 from .distill import distill_loss
+
+#: config.optimizer -> the optimizer over (params, config); TrainConfig.optimizer lists the same names
+OPTIMIZERS: dict[str, Any] = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
+                                             weight_decay=c.weight_decay),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+log = get_logger("train")
 
 
 class TrainingDiverged(RunError):
@@ -77,7 +87,9 @@ class TrainingDiverged(RunError):
 # ---- small pure helpers -------------------------------------------------------------------------
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
-    """The learning-rate multiplier for (0-based) `epoch`: linear warm-up, then the schedule."""
+    """The learning-rate multiplier for (0-based) `epoch`: linear warm-up, then the schedule.
+
+    The closed form of what `make_scheduler` does with torch's scheduler classes (tests compare them)."""
     w = config.warmup_epochs
     if epoch < w:
         return (epoch + 1) / (w + 1)
@@ -88,6 +100,25 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
     t = (epoch - w) / max(1, config.epochs - w)
     floor = config.lr_min / config.lr
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule of `config` from torch's own scheduler classes, stepped once per epoch: a linear
+    warm-up (`LinearLR`, factor (e+1)/(w+1) in epoch e < w), then `CosineAnnealingLR` to `lr_min`,
+    `MultiStepLR` at `milestones` or a constant rate, chained by `SequentialLR`."""
+    from torch.optim import lr_scheduler as S
+
+    c, w = config, config.warmup_epochs
+    if c.schedule == "cosine":
+        main: S.LRScheduler = S.CosineAnnealingLR(optimizer, T_max=max(1, c.epochs - w), eta_min=c.lr_min)
+    elif c.schedule == "step":  # milestones count from the first epoch; the main schedule starts after warm-up
+        main = S.MultiStepLR(optimizer, milestones=[m - w for m in c.milestones], gamma=c.gamma)
+    else:
+        main = S.LambdaLR(optimizer, lambda e: 1.0)
+    if w == 0:
+        return main
+    warm = S.LinearLR(optimizer, start_factor=1.0 / (w + 1), end_factor=1.0, total_iters=w)
+    return S.SequentialLR(optimizer, [warm, main], milestones=[w])
 
 
 def split_output(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -179,7 +210,7 @@ class Trainer:
             self.teacher = teacher.to(self.device, memory_format=fmt).eval().requires_grad_(False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._make_optimizer()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(self.config, e))
+        self.scheduler = make_scheduler(self.optimizer, self.config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
@@ -190,10 +221,11 @@ class Trainer:
         c = self.config
         if not self.params:
             raise ConfigError("the model has no trainable parameters")
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(self.params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(self.params, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov,
-                               weight_decay=c.weight_decay)
+        try:
+            make = OPTIMIZERS[c.optimizer]
+        except KeyError:
+            raise ConfigError(f"optimizer={c.optimizer!r} is not one of {', '.join(map(repr, OPTIMIZERS))}") from None
+        return make(self.params, c)
 
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned and dist.is_main():
@@ -241,7 +273,8 @@ class Trainer:
             raise ConfigError(f"batch_size={c.batch_size} is the global batch and must divide by the "
                               f"{ws} ranks: use a multiple of {ws}")
         loader = make_loader(train, c.batch_size // ws, train=True, device=self.device, augment=c.augment,
-                             cutout=c.cutout, seed=self.seed, channels_last=self.channels_last)
+                             cutout=c.cutout, seed=self.seed, channels_last=self.channels_last,
+                             num_workers=c.num_workers)
         if len(loader) == 0:
             raise DataError(f"the training split has {len(train)} images, fewer than one batch of "
                             f"{c.batch_size}: lower --batch-size")
@@ -264,11 +297,12 @@ class Trainer:
                 ev = self.evaluate(test)
                 record.update({"test_top1": ev["top1"], "test_top5": ev["top5"], "test_loss": ev["loss"]})
             self.history.append(record)
-            if self.verbose and dist.is_main():
-                self._print(record)
-            if self.run is not None:
-                self.run.log(self.epoch, **record)
+            if self.run is not None:  # the Run logs one line per epoch (nas_common.log)
+                self.run.log(self.epoch, epoch=self.epoch,
+                             **{canonical_metric(k, "train"): v for k, v in record.items() if k != "epoch"})
                 self.run.save_state(self.epoch, **self.components(), extra=self._extra())
+            elif self.verbose and dist.is_main():
+                self._print(record)
         dist.sync_buffers(self.model)
         return self._final()
 
@@ -374,10 +408,8 @@ class Trainer:
         return out
 
     def _print(self, r: dict[str, Any]) -> None:
-        from tqdm.auto import tqdm
-
         test = (f"  test top1 {r['test_top1']:6.2f}  top5 {r['test_top5']:6.2f}  loss {r['test_loss']:.4f}"
                 if "test_top1" in r else "")
-        tqdm.write(f"epoch {r['epoch']:4d}/{self.config.epochs}  lr {r['lr']:.4g}  train loss "
+        log.info(f"epoch {r['epoch']:4d}/{self.config.epochs}  lr {r['lr']:.4g}  train loss "
                    f"{r['train_loss']:.4f}  top1 {r['train_top1']:6.2f}{test}  "
                    f"{r['train_images_per_s']:.0f} img/s")
