@@ -20,7 +20,8 @@
    The NAT search's wall time is checked against `--limit-min` (10 minutes).
 
 2. `--costs`: the official code's published NAT outputs (registered by `nat_nas.archs`) against
-   their inputs, MACs and params counted on DARTS' CIFAR-10 network.
+   their inputs, MACs and params counted on DARTS' CIFAR-10 network, in nas_common's default layout
+   and in DARTS' own (`net.prune_dead=false`).
 
 3. `--retrain --search-dir DIR`: the transformed architecture of a finished search against its input,
    each retrained from scratch with one shared recipe on several seeds (test accuracy mean ± std):
@@ -179,14 +180,19 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
 
 
 def costs_table() -> None:
-    from nat_nas.archs import published_costs
+    from nat_nas.archs import DARTS_CIFAR_NET, published_costs
 
-    rows = [[r["output"], r["input"], f"{r['input_macs'] / 1e6:.1f}", f"{r['macs'] / 1e6:.1f}",
-             f"{r['input_params'] / 1e6:.3f}", f"{r['params'] / 1e6:.3f}",
-             "no" if r["macs"] > r["input_macs"] or r["params"] > r["input_params"] else "yes"]
-            for r in published_costs()]
-    print(markdown_table(["published output", "input", "MACs in (M)", "MACs out (M)", "params in (M)",
-                          "params out (M)", "never costlier"], rows))
+    layouts = {"nas_common's layout (unread inputs and dead nodes not built)": DARTS_CIFAR_NET,
+               "DARTS' layout (net.prune_dead=false: both inputs preprocessed, every op run)":
+                   {**DARTS_CIFAR_NET, "prune_dead": False}}
+    for title, net in layouts.items():
+        rows = [[r["output"], r["input"], f"{r['input_macs'] / 1e6:.1f}", f"{r['macs'] / 1e6:.1f}",
+                 f"{r['input_params'] / 1e6:.3f}", f"{r['params'] / 1e6:.3f}",
+                 "no" if r["macs"] > r["input_macs"] or r["params"] > r["input_params"] else "yes"]
+                for r in published_costs(net)]
+        print(f"\n### {title}\n")
+        print(markdown_table(["published output", "input", "MACs in (M)", "MACs out (M)", "params in (M)",
+                              "params out (M)", "never costlier"], rows))
     print("\nCounted on DARTS' CIFAR-10 network (C 36, 20 cells, auxiliary head), nas_common's darts space.")
 
 
