@@ -195,3 +195,14 @@ def test_random_transforms_reuse_a_search_s_supernet(gcn_run: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="policy_type=gcn"):
         run_search("nat", _task(), out=tmp_path / "l", preset="tiny",
                    overrides={**MICRO, "policy": str(gcn_run), "policy_type": "lstm"}, progress=False)
+
+
+def test_no_host_sync_with_the_other_options(tmp_path: Path) -> None:
+    """The conformance test runs the GCN with batch-statistics rewards; the LSTM policy, w trained on the
+    transforms too and eval-mode rewards must not sync inside a step either."""
+    from nas_common.syncs import detect_host_syncs
+
+    cfg = {**MICRO, "policy_type": "lstm", "train_on_transforms": True, "score_bn": "running"}
+    with detect_host_syncs() as report:
+        run_search("nat", _task(), out=tmp_path / "s", preset="tiny", overrides=cfg, progress=False)
+    assert report["steps"] >= 4 and not report["found"], report
