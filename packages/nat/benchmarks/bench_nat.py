@@ -127,7 +127,8 @@ def ablation(args: argparse.Namespace) -> None:
             rows[method].append({
                 "seed": seed, "samples": len(st["candidates"]), "heldout_best": heldout_best,
                 "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
-                "test_output": test_out, "chosen_is_input": st["chosen_is_input"], "macs": best.costs["macs"],
+                "test_output": test_out, "chosen_is_input": st["chosen_is_input"],
+                "score_bn": result.config["score_bn"], "macs": best.costs["macs"],
                 "params": best.costs["params"], "input_macs": inp.costs["macs"],
                 "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
             })
@@ -161,7 +162,7 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
           f"{device_name(device)}, {torch.get_num_threads()} threads\n")
     print(markdown_table(["method", "seeds", "samples", "held-out acc (selection split)", "test-split acc",
                           "MACs (M)", "params (M)", "wall min", "CPU min"], table))
-    print("\nAccuracies under the NAT search's shared weights (BN with batch statistics); MACs and params of "
+    print(f"\nAccuracies under the NAT search's shared weights (score_bn={nat[0]['score_bn']}); MACs and params of "
           "the best transform on the derived network; every transform costs no more than the input (asserted).")
     if "random" in rows:
         diff = [a["test_best"] - b["test_best"] for a, b in zip(nat, rows["random"], strict=True)]
