@@ -310,3 +310,16 @@ def _eval(net: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         net.train()
+
+
+def test_darts_layout_search_derives_on_that_layout(tmp_path: Path) -> None:
+    """net_prune_dead=false: the derived net is DARTS' layout, the masks are that layout's (free
+    null -> skip from any state), and the output costs no more than the input counted there."""
+    cfg = {**MICRO, "epochs": 1, "input_arch": "vgg-block", "transition_rules": "published", "net_prune_dead": False}
+    _, arch = run_search("nat", _task(), out=tmp_path / "dl", preset="tiny", overrides=cfg, progress=False)
+    assert arch.net["prune_dead"] is False
+    assert arch.costs["macs"] <= arch.costs["input_macs"] and arch.costs["params"] <= arch.costs["input_params"]
+    counted = count_costs(Arch("darts", arch.provenance["input_spec"], arch.net).build(), tuple(arch.net["input"]))
+    assert counted["macs"] == arch.costs["input_macs"]
+    src, dst = CellPair.from_spec(arch.provenance["input_spec"]), CellPair.from_spec(arch.spec)
+    assert is_reachable(src.normal, dst.normal, False, rules="published", prune_dead=False)

@@ -135,6 +135,10 @@ class NATConfig(Config):
     net_layers: int = 20
     net_auxiliary: bool = True
     net_stem: Literal["cifar", "imagenet"] = "cifar"  # imagenet: DARTS' ImageNet stems (resolution / 8)
+    # false: DARTS' own layout (both cell inputs preprocessed, every op run; net.prune_dead=false), the
+    # network the official code's outputs were counted on; with transition_rules="published" any null
+    # edge may then become a stride-1 skip (free there). True: nas_common's layout (no dead ops)
+    net_prune_dead: bool = True
     net_input_size: int = 0  # 0: the dataset's image size
     net_num_classes: int = 0  # 0: the dataset's classes
 
@@ -573,9 +577,10 @@ class NATSearch(SearchMethod):
         real = list(parts.primitives)
         return CellPair(random_cell(generator, real, parts.steps), random_cell(generator, real, parts.steps))
 
-    def _masks(self, pair: CellPair, costs: tuple[EdgeCosts, EdgeCosts], rules: str = "paper") -> torch.Tensor:
-        return torch.stack([transition_mask(pair.normal, False, costs[0], rules),
-                            transition_mask(pair.reduce, True, costs[1], rules)])
+    def _masks(self, pair: CellPair, costs: tuple[EdgeCosts, EdgeCosts], rules: str = "paper",
+               prune_dead: bool = True) -> torch.Tensor:
+        return torch.stack([transition_mask(pair.normal, False, costs[0], rules, prune_dead),
+                            transition_mask(pair.reduce, True, costs[1], rules, prune_dead)])
 
     def _input_probs(self, parts: _Parts, pair: CellPair, masks: torch.Tensor) -> torch.Tensor:
         """The policy's action probabilities on the input cells (the search log's view of the policy)."""
@@ -672,7 +677,7 @@ class NATSearch(SearchMethod):
         b_gen = torch.Generator().manual_seed(seed + _BETA_STREAM)
         p_gen = torch.Generator(device=device).manual_seed(seed + _POLICY_STREAM)
         masks_of = _PriorMasks(list(policy.ops), costs, torch.device("cpu"))
-        input_masks = self._masks(pair, costs, config.transition_rules)
+        input_masks = self._masks(pair, costs, config.transition_rules, config.net_prune_dead)
         init_probs = self._input_probs(parts, pair, input_masks)
         models = {"supernet": supernet, "policy": policy}
         optimizers = {"w": w_opt, **({"policy": p_opt} if p_opt is not None else {})}
@@ -799,7 +804,7 @@ class NATSearch(SearchMethod):
     def _choose(self, task: Task, config: NATConfig, parts: _Parts, pair: CellPair, w_split: Any, p_split: Any,
                 costs: tuple[EdgeCosts, EdgeCosts]) -> dict[str, Any]:
         """Sample the transforms, score them (and the input) on the held-out split, keep the best."""
-        masks = self._masks(pair, costs, config.transition_rules)
+        masks = self._masks(pair, costs, config.transition_rules, config.net_prune_dead)
         candidates = self._candidates(parts, pair, masks, config, task)
         accs = self._accuracies(parts, [pair, *candidates], p_split, config, task, calibration=w_split)
         acc_input, cand_accs = accs[0], accs[1:]
@@ -840,6 +845,8 @@ class NATSearch(SearchMethod):
                "num_classes": config.net_num_classes or task.num_classes, "input": [c, *size]}
         if config.net_stem != "cifar":
             net["stem"] = config.net_stem
+        if not config.net_prune_dead:
+            net["prune_dead"] = False
         return net
 
     # ---- scoring with a finished search's weights --------------------------------------------------------
