@@ -178,16 +178,27 @@ def test_reused_policy_refuses_other_held_out_images(trained: tuple[Path, Arch],
 
 
 @pytest.mark.slow
-def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """`nas search nat --policy RUN_DIR --input-arch ARCH` (the issue's command line), in process."""
+def test_cli_policy_and_input_arch_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nas search nat --policy RUN_DIR --input-arch ARCH` (the issue's command line), in process, on a
+    64-image npz (the reused policy must come from a search on the same data)."""
+    from importlib import resources
+
+    import numpy as np
+
     from nas_common.arch import load_arch
     from nas_common.cli import main
 
-    run_dir, _ = trained
+    with resources.as_file(resources.files("nas_common.data") / "_files" / "cifar10-mini.npz") as f:
+        full = np.load(f)
+        small = {k: full[k][:64] if k.endswith("train") else full[k][:32] for k in full.files}
+    np.savez(tmp_path / "mini.npz", **small)
+    data = ["--dataset", f"npz:{tmp_path / 'mini.npz'}"]
+    opts = [x for k, v in MICRO.items() for x in ("-o", f"{k}={v}")]
+    run_dir = tmp_path / "run"
+    assert main(["search", "nat", *data, "--preset", "tiny", "--out", str(run_dir), *opts]) == 0
     out = tmp_path / "cli"
-    args = ["search", "nat", "--preset", "tiny", "--out", str(out), "--policy", str(run_dir),
-            "--input-arch", "vgg-block", "--json"] + [x for k, v in MICRO.items() for x in ("-o", f"{k}={v}")]
+    args = ["search", "nat", *data, "--preset", "tiny", "--out", str(out), "--policy", str(run_dir),
+            "--input-arch", "vgg-block", "--json", *opts]
     assert main(args) == 0
     arch = load_arch(out / "arch.json")
     assert arch.provenance["input_arch"] == "vgg-block" and arch.provenance["policy"] == str(run_dir)
