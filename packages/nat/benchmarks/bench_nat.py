@@ -7,7 +7,9 @@
    supernet is bit for bit the GCN search's, asserted on the CPU: the w steps never read the policy).
    Each method's best sampled transform (the input itself excluded) is scored under the shared weights
    on the held-out split the search selects on and on the test split, which no search has seen;
-   transformed cells never cost more than the input (asserted on the built networks).
+   transformed cells never cost more than the input (asserted on the built networks). NAT and random
+   draw their candidates with the same Gumbel noise (the search's inference stream, per seed), so where
+   the policy has not moved from uniform they coincide: the paired difference is what the policy learnt.
 
        python packages/nat/benchmarks/bench_nat.py [--seeds 5] [--preset tiny] [--input-arch darts-v2]
            [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [-s KEY=VALUE ...]
@@ -18,7 +20,8 @@
    The NAT search's wall time is checked against `--limit-min` (10 minutes).
 
 2. `--costs`: the official code's published NAT outputs (registered by `nat_nas.archs`) against
-   their inputs, MACs and params counted on DARTS' CIFAR-10 network.
+   their inputs, MACs and params counted on DARTS' CIFAR-10 network, in nas_common's default layout
+   and in DARTS' own (`net.prune_dead=false`).
 
 3. `--retrain --search-dir DIR`: the transformed architecture of a finished search against its input,
    each retrained from scratch with one shared recipe on several seeds (test accuracy mean ± std):
@@ -45,11 +48,12 @@ from nas_common.arch import Arch, load_arch
 from nas_common.benchmarking import markdown_table
 from nas_common.data import get_dataset
 from nas_common.device import resolve_device
+from nas_common.io import append_line
 from nas_common.methods import Task
-from nas_common.runs import device_name
+from nas_common.runs import Run, device_name
 from nas_common.search import run_search
 from nat_nas import NATSearch
-from nat_nas.search import POLICY_FILE, log_line
+from nat_nas.search import log_line
 
 METHODS = ("nat", "random", "max-gcn", "lstm")
 #: per method: the overrides of its run, given the NAT search's directory (None: it is that search)
@@ -67,7 +71,7 @@ def mean_std(xs: list[float]) -> str:
 
 
 def _supernet(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / POLICY_FILE, map_location="cpu", weights_only=False)["supernet"]
+    return Run.open(run_dir, method="nat").final_state(keys=("supernet",))["model"]["supernet"]
 
 
 def _check_same_supernet(a: Path, b: Path, device: torch.device) -> float:
@@ -90,6 +94,8 @@ def _assert_not_costlier(arch: Arch, inp: Arch, what: str) -> None:
 def ablation(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     ds = get_dataset(args.dataset)
+    if args.subset:
+        ds = ds.subset(*(int(n) for n in args.subset.split(",")))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or "nat" not in methods:
@@ -117,22 +123,23 @@ def ablation(args: argparse.Namespace) -> None:
             _assert_not_costlier(best, inp, f"{method} seed {seed}'s best transform")
             _assert_not_costlier(arch, inp, f"{method} seed {seed}'s output")
             test_best, test_input, test_out = NATSearch().score_archs(nat_dir, task, [best, inp, arch])
+            heldout_best = result.metrics["search/top1_best_transform"]
             rows[method].append({
-                "seed": seed, "samples": len(st["candidates"]), "heldout_best": result.metrics["best_transform_acc"],
+                "seed": seed, "samples": len(st["candidates"]), "heldout_best": heldout_best,
                 "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
-                "test_output": test_out, "chosen_is_input": st["chosen_is_input"], "macs": best.costs["macs"],
+                "test_output": test_out, "chosen_is_input": st["chosen_is_input"],
+                "score_bn": result.config["score_bn"], "macs": best.costs["macs"],
                 "params": best.costs["params"], "input_macs": inp.costs["macs"],
                 "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
             })
-            print(f"seed {seed} {method:8s} held-out best transform {result.metrics['best_transform_acc']:.4f} "
+            print(f"seed {seed} {method:8s} held-out best transform {heldout_best:.4f} "
                   f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
                   f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
             if seed == 0 and method == "nat":
                 lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "w_loss" in m]
-            with open(out / "records.jsonl", "a") as f:
-                f.write(json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
-                                    "overrides": overrides, "device": device_name(device)}) + "\n")
+                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
+            append_line(out / "records.jsonl", json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
+                                                           "overrides": overrides, "device": device_name(device)}))
     report(args, rows, first_log, ds.num_classes, device)
 
 
@@ -155,7 +162,7 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
           f"{device_name(device)}, {torch.get_num_threads()} threads\n")
     print(markdown_table(["method", "seeds", "samples", "held-out acc (selection split)", "test-split acc",
                           "MACs (M)", "params (M)", "wall min", "CPU min"], table))
-    print("\nAccuracies under the NAT search's shared weights (BN with batch statistics); MACs and params of "
+    print(f"\nAccuracies under the NAT search's shared weights (score_bn={nat[0]['score_bn']}); MACs and params of "
           "the best transform on the derived network; every transform costs no more than the input (asserted).")
     if "random" in rows:
         diff = [a["test_best"] - b["test_best"] for a, b in zip(nat, rows["random"], strict=True)]
@@ -174,14 +181,19 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
 
 
 def costs_table() -> None:
-    from nat_nas.archs import published_costs
+    from nat_nas.archs import DARTS_CIFAR_NET, published_costs
 
-    rows = [[r["output"], r["input"], f"{r['input_macs'] / 1e6:.1f}", f"{r['macs'] / 1e6:.1f}",
-             f"{r['input_params'] / 1e6:.3f}", f"{r['params'] / 1e6:.3f}",
-             "no" if r["macs"] > r["input_macs"] or r["params"] > r["input_params"] else "yes"]
-            for r in published_costs()]
-    print(markdown_table(["published output", "input", "MACs in (M)", "MACs out (M)", "params in (M)",
-                          "params out (M)", "never costlier"], rows))
+    layouts = {"nas_common's layout (unread inputs and dead nodes not built)": DARTS_CIFAR_NET,
+               "DARTS' layout (net.prune_dead=false: both inputs preprocessed, every op run)":
+                   {**DARTS_CIFAR_NET, "prune_dead": False}}
+    for title, net in layouts.items():
+        rows = [[r["output"], r["input"], f"{r['input_macs'] / 1e6:.1f}", f"{r['macs'] / 1e6:.1f}",
+                 f"{r['input_params'] / 1e6:.3f}", f"{r['params'] / 1e6:.3f}",
+                 "no" if r["macs"] > r["input_macs"] or r["params"] > r["input_params"] else "yes"]
+                for r in published_costs(net)]
+        print(f"\n### {title}\n")
+        print(markdown_table(["published output", "input", "MACs in (M)", "MACs out (M)", "params in (M)",
+                              "params out (M)", "never costlier"], rows))
     print("\nCounted on DARTS' CIFAR-10 network (C 36, 20 cells, auxiliary head), nas_common's darts space.")
 
 
@@ -218,8 +230,7 @@ def retrain(args: argparse.Namespace) -> None:
                    "seconds": time.perf_counter() - t0, "costs": arch.costs, "recipe": recipe,
                    "digest": arch.digest, "device": device_name(resolve_device(args.device)),
                    "threads": torch.get_num_threads()}
-            with open(log, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_line(log, json.dumps(rec))
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     rows = []
     for name, arch in archs.items():
@@ -240,6 +251,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="cifar10-mini")
     ap.add_argument("--input-arch", default="darts-v2")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--subset", default="", metavar="TRAIN,TEST",
+                    help="use the first TRAIN training and TEST test images (a quick check of the script)")
     ap.add_argument("--methods", default=",".join(METHODS), help="nat and any of random, max-gcn, lstm")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="runs/bench_nat")

@@ -1,6 +1,8 @@
 """NAT's search pieces: REINFORCE baseline, input architectures, the saved policy, derive's costs."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from nas_common.arch import Arch, save_arch
 from nas_common.config import resolve_config
 from nas_common.costs import count_costs
-from nas_common.data import get_dataset
+from nas_common.data import get_dataset, make_loader
 from nas_common.errors import ConfigError
 from nas_common.methods import Task
 from nas_common.search import run_search
@@ -18,7 +20,7 @@ from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas import NATConfig, NATSearch
 from nat_nas.archs import cell_spec
 from nat_nas.cells import CellPair
-from nat_nas.search import POLICY_FILE, EdgeCosts, cell_positions, reinforce_step, resolve_input_arch
+from nat_nas.search import EdgeCosts, _Batches, cell_positions, reinforce_step, resolve_input_arch
 from nat_nas.transitions import is_reachable
 
 MICRO = {"C": 4, "layers": 3, "epochs": 2, "batch_size": 16, "policy_embed": 8, "policy_features": 16,
@@ -88,7 +90,7 @@ def test_cell_positions_follow_the_darts_layout() -> None:
 
 def test_imagenet_network_for_derive_and_retraining(tmp_path: Path) -> None:
     """The ImageNet layout (stems, C, cells, image size, classes) on the derived arch; small sizes here."""
-    cfg = {**MICRO, "epochs": 0, "net_stem": "imagenet", "net_input_size": 64, "net_num_classes": 1000}
+    cfg = {**MICRO, "epochs": 1, "net_stem": "imagenet", "net_input_size": 64, "net_num_classes": 1000}
     _, arch = run_search("nat", _task(), out=tmp_path / "inet", preset="tiny", overrides=cfg, progress=False)
     assert arch.net["stem"] == "imagenet" and arch.net["input"] == [3, 64, 64] and arch.net["num_classes"] == 1000
     model = arch.build().eval()
@@ -118,7 +120,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Arch]:
 
 def test_derive_records_both_costs_and_never_more(trained: tuple[Path, Arch]) -> None:
     run_dir, arch = trained
-    assert (run_dir / POLICY_FILE).is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert {"supernet", "policy"} <= set(ckpt["model"]) and ckpt["extra"]["meta"]["steps"] == 4
     c = arch.costs
     assert c["macs"] <= c["input_macs"] and c["params"] <= c["input_params"]
     inp = Arch("darts", arch.provenance["input_spec"], arch.net)
@@ -136,7 +139,7 @@ def test_saved_policy_transforms_a_new_arch_without_training(trained: tuple[Path
     result, arch = run_search("nat", _task(), out=out, preset="tiny",
                               overrides={**MICRO, "policy": str(run_dir), "input_arch": name}, progress=False)
     assert not (out / "checkpoints").exists()  # no training happened
-    assert result.metrics["policy_from"] == str(run_dir)
+    assert result.metrics["search/policy_from"] == str(run_dir)
     src = CellPair.from_spec(cell_spec(name))
     dst = CellPair.from_spec(arch.spec)
     assert is_reachable(src.normal, dst.normal, False) and is_reachable(src.reduce, dst.reduce, True)
@@ -154,22 +157,48 @@ def test_saved_policy_refuses_unknown_ops_and_missing_files(trained: tuple[Path,
     with pytest.raises(ConfigError, match="sep_conv_7x7"):
         run_search("nat", _task(), out=tmp_path / "z", preset="tiny",
                    overrides={**MICRO, "policy": str(run_dir), "input_arch": str(path)}, progress=False)
-    with pytest.raises(ConfigError, match=POLICY_FILE):
+    with pytest.raises(ConfigError, match="config.toml"):
         run_search("nat", _task(), out=tmp_path / "y", preset="tiny",
                    overrides={**MICRO, "policy": str(tmp_path)}, progress=False)
+    for name in ("x", "y", "z"):
+        assert not (tmp_path / name).exists()  # refused in check(), before the run directory
+
+
+def test_reused_policy_refuses_other_held_out_images(trained: tuple[Path, Arch], tmp_path: Path) -> None:
+    """The held-out split's fingerprint is recorded in the checkpoint: a task whose training split differs
+    (here 96 images instead of 64, same dataset name) would score on images the supernet trained on."""
+    run_dir, _ = trained
+    other = Task(dataset=get_dataset("cifar10-mini").subset(96, 32))
+    with pytest.raises(ConfigError, match="held-out images differ"):
+        run_search("nat", other, out=tmp_path / "o", preset="tiny", overrides={**MICRO, "policy": str(run_dir)},
+                   progress=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="held-out images differ"):
+        NATSearch().sample_and_score(run_dir, other, 2, seed=0)
 
 
 @pytest.mark.slow
-def test_cli_policy_and_input_arch_flags(trained: tuple[Path, Arch], tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """`nas search nat --policy RUN_DIR --input-arch ARCH` (the issue's command line), in process."""
+def test_cli_policy_and_input_arch_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nas search nat --policy RUN_DIR --input-arch ARCH` (the issue's command line), in process, on a
+    64-image npz (the reused policy must come from a search on the same data)."""
+    from importlib import resources
+
+    import numpy as np
+
     from nas_common.arch import load_arch
     from nas_common.cli import main
 
-    run_dir, _ = trained
+    with resources.as_file(resources.files("nas_common.data") / "_files" / "cifar10-mini.npz") as f:
+        full = np.load(f)
+        small = {k: full[k][:64] if k.endswith("train") else full[k][:32] for k in full.files}
+    np.savez(tmp_path / "mini.npz", **small)
+    data = ["--dataset", f"npz:{tmp_path / 'mini.npz'}"]
+    opts = [x for k, v in MICRO.items() for x in ("-o", f"{k}={v}")]
+    run_dir = tmp_path / "run"
+    assert main(["search", "nat", *data, "--preset", "tiny", "--out", str(run_dir), *opts]) == 0
     out = tmp_path / "cli"
-    args = ["search", "nat", "--preset", "tiny", "--out", str(out), "--policy", str(run_dir),
-            "--input-arch", "vgg-block", "--json"] + [x for k, v in MICRO.items() for x in ("-o", f"{k}={v}")]
+    args = ["search", "nat", *data, "--preset", "tiny", "--out", str(out), "--policy", str(run_dir),
+            "--input-arch", "vgg-block", "--json", *opts]
     assert main(args) == 0
     arch = load_arch(out / "arch.json")
     assert arch.provenance["input_arch"] == "vgg-block" and arch.provenance["policy"] == str(run_dir)
@@ -197,27 +226,45 @@ def test_five_node_loose_end_input_trains_its_own_supernet(tmp_path: Path) -> No
     assert arch.costs["params"] <= arch.costs["input_params"]
 
 
-@pytest.mark.parametrize("bn", ["batch", "running"])
-def test_scoring_mode_leaves_the_supernet_untouched(bn: str) -> None:
-    from nas_common.spaces.darts import DartsSupernet
-    from nat_nas.search import FULLY_CONCAT_OPS, scoring_mode
-
-    torch.manual_seed(0)
-    net = DartsSupernet(4, 10, 3, FULLY_CONCAT_OPS).train()
-    choice = [[(0, 3, None), (1, 4, None)], [(0, 5, None), (2, 7, None)], [(1, 0, None)], [(4, 6, None)]]
-    x = torch.randn(8, 3, 32, 32)
-    net.forward_sparse(x, choice, choice)  # some running statistics
+@pytest.mark.parametrize("bn", ["batch", "recalibrate", "running"])
+def test_scoring_leaves_the_supernet_untouched(trained: tuple[Path, Arch], bn: str) -> None:
+    """Held-out scoring through nas_common.oneshot: weights, running statistics and the training flag are
+    as before, for every `score_bn`; "running" scores with the running statistics (eval mode)."""
+    run_dir, _ = trained
+    search, task = NATSearch(), _task()
+    parts = search._load_policy(str(run_dir), task, task.device)
+    config = parts.source.replace(score_bn=bn, max_eval_batches=1, recalibrate_batches=1)
+    net = parts.supernet.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    with scoring_mode(net, bn):
-        out = net.forward_sparse(x, choice, choice)
-        assert not out.requires_grad and net.training == (bn == "batch")
-    assert net.training
+    pair = CellPair.from_spec(genotype_to_spec(GENOTYPES["darts-v2"]))
+    w_split, p_split = search._splits(task, config)
+    acc = search._accuracies(parts, [pair], p_split, config, task, calibration=w_split)[0]
+    assert net.training and 0.0 <= acc <= 1.0
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, before[k])
-    with torch.no_grad():
-        ref = net.eval().forward_sparse(x, choice, choice) if bn == "running" else \
-            net.train().forward_sparse(x, choice, choice)
-    torch.testing.assert_close(out, ref)
+    if bn == "running":
+        x, y = next(iter(_Batches(make_loader(p_split, config.eval_batch_size, train=False), 1)))
+        net.eval()
+        with torch.no_grad():
+            ref = (search._forward(parts, x, pair).argmax(-1) == y).float().mean().item()
+        net.train()
+        assert acc == pytest.approx(ref)
+
+
+def test_check_refuses_before_writing_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """epochs 0, a warm-up to the end, an unknown input arch and too little data are refused by check():
+    one stderr line, exit 2, no run directory."""
+    from nas_common.cli import main
+
+    bad = [{"epochs": 0}, {"warmup_epochs": 2}, {"input_arch": "darts-v9"}, {"batch_size": 5000}]
+    for i, override in enumerate(bad):
+        out = tmp_path / f"r{i}"
+        args = ["search", "nat", "--dataset", "cifar10-mini", "--preset", "tiny", "--out", str(out)]
+        args += [x for k, v in {**MICRO, **override}.items() for x in ("-o", f"{k}={v}")]
+        assert main(args) == 2, override
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "rror" in err[0], (override, err)
+        assert not out.exists(), override
 
 
 def test_sample_and_score_hook_for_the_harness(trained: tuple[Path, Arch]) -> None:
@@ -226,3 +273,64 @@ def test_sample_and_score_hook_for_the_harness(trained: tuple[Path, Arch]) -> No
     assert len(pairs) == 3 and all(0.0 <= acc <= 1.0 for _, acc in pairs)
     assert len({a.digest for a, _ in pairs}) == 3
     assert pairs[0][0].build() is not None
+
+
+@pytest.mark.parametrize("bn", ["eval", "batch"])
+def test_gated_forward_of_a_transform_is_its_sparse_forward(bn: str) -> None:
+    """The policy step runs alpha without reading its actions on the host: beta's ops and the allowed
+    skips, gated by the actions and by their source's liveness. That equals the sparse forward of the
+    transformed cells (dead nodes, nulled inputs and skips included), in eval mode and with batch
+    statistics."""
+    from nas_common.oneshot import batch_statistics
+    from nat_nas.search import TransformedPair, _PriorMasks
+    from nat_nas.transitions import NULL, SKIP, apply_actions
+
+    torch.manual_seed(0)
+    search, task = NATSearch(), _task()
+    config = NATConfig(**{**MICRO, "epochs": 1})
+    pair = CellPair.from_spec(genotype_to_spec(GENOTYPES["darts-v2"]))
+    parts = search._build(config, task, pair, torch.device("cpu"))
+    costs = search._edge_costs(config, task)
+    masks_of = _PriorMasks(list(parts.policy.ops), costs, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    betas, skip_ok, ops, inputs, masks = search._policy_plan(parts, 12, gen, masks_of)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # running statistics away from (0, 1), so that a zero input is not scored as zero
+        for beta in betas:
+            search._forward(parts, x + 1.0, beta)
+    nulls = skips = 0
+    mode = batch_statistics(parts.supernet) if bn == "batch" else _eval(parts.supernet)
+    with torch.no_grad(), mode:
+        for i, beta in enumerate(betas):
+            acts = parts.policy.act(ops[i], inputs[i], masks[i], generator=gen).actions
+            # null both edges of the first node where allowed: a dead node, and edges out of it
+            acts[:, :2] = torch.where(masks[i][:, :2, NULL], NULL, acts[:, :2])
+            rows = acts.tolist()
+            nulls += sum(a == NULL for r in rows for a in r)
+            skips += sum(a == SKIP for r in rows for a in r)
+            alpha = CellPair(apply_actions(beta.normal, rows[0]), apply_actions(beta.reduce, rows[1]))
+            gated = search._forward(parts, x, TransformedPair(beta, acts, skip_ok[i]))
+            torch.testing.assert_close(gated, search._forward(parts, x, alpha), rtol=1e-5, atol=1e-5)
+    assert nulls > 0 and skips > 0  # both kinds of transition were exercised
+
+
+@contextlib.contextmanager
+def _eval(net: torch.nn.Module) -> Iterator[None]:
+    net.eval()
+    try:
+        yield
+    finally:
+        net.train()
+
+
+def test_darts_layout_search_derives_on_that_layout(tmp_path: Path) -> None:
+    """net_prune_dead=false: the derived net is DARTS' layout, the masks are that layout's (free
+    null -> skip from any state), and the output costs no more than the input counted there."""
+    cfg = {**MICRO, "epochs": 1, "input_arch": "vgg-block", "transition_rules": "published", "net_prune_dead": False}
+    _, arch = run_search("nat", _task(), out=tmp_path / "dl", preset="tiny", overrides=cfg, progress=False)
+    assert arch.net["prune_dead"] is False
+    assert arch.costs["macs"] <= arch.costs["input_macs"] and arch.costs["params"] <= arch.costs["input_params"]
+    counted = count_costs(Arch("darts", arch.provenance["input_spec"], arch.net).build(), tuple(arch.net["input"]))
+    assert counted["macs"] == arch.costs["input_macs"]
+    src, dst = CellPair.from_spec(arch.provenance["input_spec"]), CellPair.from_spec(arch.spec)
+    assert is_reachable(src.normal, dst.normal, False, rules="published", prune_dead=False)

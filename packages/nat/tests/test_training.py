@@ -3,6 +3,7 @@ baseline tracks the reward, inference keeps the best candidate, and w trains on 
 the paper's baselines share one supernet)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from nas_common.methods import Task
 from nas_common.search import run_search
 from nat_nas import NATSearch
 from nat_nas.cells import NULL_OP, CellPair
-from nat_nas.search import POLICY_FILE
+from nat_nas.search import TransformedPair
 from nat_nas.transitions import NULL
 
 MICRO: dict[str, Any] = {
@@ -29,22 +30,25 @@ def _task(seed: int = 0) -> Task:
     return Task(dataset=get_dataset("cifar10-mini").subset(64, 32), seed=seed)
 
 
-def _nulls(pair: CellPair) -> int:
+def _nulls(pair: CellPair | TransformedPair) -> torch.Tensor | int:
+    """Null edges of a cell pair, or of a transform the policy step keeps on the device (its actions)."""
+    if isinstance(pair, TransformedPair):
+        return (pair.actions == NULL).sum() + _nulls(pair.beta)
     return sum(canonical == NULL_OP for c in pair.cells() for canonical in c.ops)
 
 
 class NullLover(NATSearch):
     """Toy reward: a cell pair's 'accuracy' is its share of null edges (the prior draws none)."""
 
-    def _batch_accuracy(self, parts: Any, x: torch.Tensor, y: torch.Tensor, pair: CellPair) -> torch.Tensor:
-        return torch.tensor(_nulls(pair) / 16.0)
+    def _batch_accuracy(self, parts: Any, x: torch.Tensor, y: torch.Tensor, pair: Any) -> torch.Tensor:
+        return torch.as_tensor(_nulls(pair) / 16.0, dtype=torch.float32)
 
 
 class AnyNull(NATSearch):
     """Toy reward: 0.2 without a null edge (every input), 0.6 with one (almost every transform)."""
 
-    def _batch_accuracy(self, parts: Any, x: torch.Tensor, y: torch.Tensor, pair: CellPair) -> torch.Tensor:
-        return torch.tensor(0.6 if _nulls(pair) else 0.2)
+    def _batch_accuracy(self, parts: Any, x: torch.Tensor, y: torch.Tensor, pair: Any) -> torch.Tensor:
+        return torch.where(torch.as_tensor(_nulls(pair)) > 0, 0.6, 0.2)
 
 
 def _null_prob(run_dir: Path, task: Task) -> float:
@@ -64,30 +68,35 @@ def test_policy_moves_toward_the_rewarded_transform(tmp_path: Path) -> None:
     """Flipping the reward's sign (or the loss's) makes P(null) fall instead of rise: this fails."""
     task = _task()
     cfg = {**MICRO, "epochs": 6, "policy_lr": 0.02, "baseline_decay": 0.5, "weight_fraction": 0.2}
-    fresh, _ = run_search(NullLover, task, out=tmp_path / "fresh", preset="tiny", overrides={**cfg, "epochs": 0},
-                          progress=False)
+    # the policy at its initialisation: one epoch with a zero learning rate
+    run_search(NullLover, task, out=tmp_path / "fresh", preset="tiny", overrides={**cfg, "epochs": 1, "policy_lr": 0.0},
+               progress=False)
     before = _null_prob(tmp_path / "fresh", task)
     result, _ = run_search(NullLover, task, out=tmp_path / "toy", preset="tiny", overrides=cfg, progress=False)
     after = _null_prob(tmp_path / "toy", task)
-    assert result.metrics["policy_steps"] > 0 and result.metrics["reward"] > 0
+    m = result.metrics
+    assert m["search/policy_steps"] > 0 and m["search/reward"] > 0
     assert after > before + 0.2, (before, after)
-    assert result.metrics["prob_shift"] > 0.2  # the log's view of the same movement
-    assert result.metrics["keep_prob"] < 0.3
+    assert m["search/prob_shift"] > 0.2  # the log's view of the same movement
+    assert m["search/keep_prob"] < 0.3
 
 
 def test_baseline_tracks_the_reward_in_the_search_loop(tmp_path: Path) -> None:
     """With a (nearly) constant reward 0.4 the baseline ends at 0.4; the official r - b update gives 0.2."""
     cfg = {**MICRO, "epochs": 3, "baseline_decay": 0.5, "policy_lr": 0.0, "weight_fraction": 0.2}
     result, _ = run_search(AnyNull, _task(), out=tmp_path / "b", preset="tiny", overrides=cfg, progress=False)
-    assert result.metrics["policy_steps"] >= 4
-    assert result.metrics["baseline"] == pytest.approx(0.4, abs=0.02)
+    assert result.metrics["search/policy_steps"] >= 4
+    assert result.metrics["search/baseline"] == pytest.approx(0.4, abs=0.02)
 
 
 def test_warmup_epochs_train_the_supernet_alone(tmp_path: Path) -> None:
-    cfg = {**MICRO, "epochs": 2, "warmup_epochs": 2, "weight_fraction": 0.2}
-    result, _ = run_search(NullLover, _task(), out=tmp_path / "w", preset="tiny", overrides=cfg, progress=False)
-    assert result.metrics["policy_steps"] == 0 and result.metrics["prob_shift"] == 0.0
-    assert result.metrics["w_loss"] > 0
+    cfg = {**MICRO, "epochs": 3, "warmup_epochs": 2, "weight_fraction": 0.2}
+    run_search(NullLover, _task(), out=tmp_path / "w", preset="tiny", overrides=cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    log = [r for r in log if "search/policy_steps" in r]
+    assert [r["search/policy_steps"] for r in log[:2]] == [0, 0] and log[2]["search/policy_steps"] > 0, log
+    assert [r["search/prob_shift"] for r in log[:2]] == [0.0, 0.0] and log[2]["search/prob_shift"] > 0
+    assert all(r["train/loss"] > 0 for r in log)
 
 
 class ScoredByNulls(NATSearch):
@@ -96,7 +105,7 @@ class ScoredByNulls(NATSearch):
     sign = 1.0
 
     def _accuracies(self, parts: Any, pairs: list[CellPair], split: Any, config: Any, task: Task,
-                    run: Any) -> list[float]:
+                    run: Any = None, calibration: Any = None) -> list[float]:
         return [0.5 + self.sign * _nulls(p) / 100.0 for p in pairs]
 
 
@@ -110,31 +119,33 @@ def _candidates(result: Any) -> tuple[list[CellPair], list[float]]:
 
 def test_inference_keeps_the_best_candidate(tmp_path: Path) -> None:
     """Picking the worst (or any but the best) scored candidate fails this."""
-    cfg = {**MICRO, "epochs": 0, "num_samples": 6}
+    cfg = {**MICRO, "epochs": 1, "num_samples": 6}
     result, arch = run_search(ScoredByNulls, _task(), out=tmp_path / "best", preset="tiny", overrides=cfg,
                               progress=False)
     cands, accs = _candidates(result)
     assert len(set(accs)) > 1  # the candidates differ, so the choice matters
     best = max(range(len(cands)), key=lambda k: accs[k])
     assert CellPair.from_spec(arch.spec) == cands[best]
-    assert result.metrics["best_acc"] == max(accs) and not result.state["chosen_is_input"]
+    assert result.metrics["search/top1_best"] == max(accs) and not result.state["chosen_is_input"]
 
 
 def test_the_input_is_a_candidate_so_the_output_is_never_worse(tmp_path: Path) -> None:
-    cfg = {**MICRO, "epochs": 0, "num_samples": 6}
+    cfg = {**MICRO, "epochs": 1, "num_samples": 6}
     # every transform nulls something, so it scores below the input here
     result, arch = run_search(ScoredAgainstNulls, _task(), out=tmp_path / "in", preset="tiny",
                               overrides={**cfg, "input_as_candidate": True}, progress=False)
     assert result.state["chosen_is_input"] and arch.spec == result.state["input_spec"]
-    assert result.metrics["best_acc"] >= result.metrics["input_acc"] > max(result.state["candidate_acc"])
+    m = result.metrics
+    assert m["search/top1_best"] >= m["search/top1_input"] > max(result.state["candidate_acc"])
     # without it (the paper's rule) a transform comes out, even a worse one
     result, arch = run_search(ScoredAgainstNulls, _task(), out=tmp_path / "out", preset="tiny",
                               overrides=cfg, progress=False)
-    assert not result.state["chosen_is_input"] and result.metrics["best_acc"] < result.metrics["input_acc"]
+    m = result.metrics
+    assert not result.state["chosen_is_input"] and m["search/top1_best"] < m["search/top1_input"]
 
 
 def test_greedy_inference_is_the_most_probable_transform(tmp_path: Path) -> None:
-    cfg = {**MICRO, "epochs": 0, "inference": "greedy"}
+    cfg = {**MICRO, "epochs": 1, "inference": "greedy"}
     result, arch = run_search(NATSearch, _task(), out=tmp_path / "g", preset="tiny", overrides=cfg, progress=False)
     assert len(result.state["candidates"]) == 1
     search = NATSearch()
@@ -159,7 +170,7 @@ def gcn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _supernet(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / POLICY_FILE, map_location="cpu", weights_only=False)["supernet"]
+    return torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]["supernet"]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -184,3 +195,14 @@ def test_random_transforms_reuse_a_search_s_supernet(gcn_run: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="policy_type=gcn"):
         run_search("nat", _task(), out=tmp_path / "l", preset="tiny",
                    overrides={**MICRO, "policy": str(gcn_run), "policy_type": "lstm"}, progress=False)
+
+
+def test_no_host_sync_with_the_other_options(tmp_path: Path) -> None:
+    """The conformance test runs the GCN with batch-statistics rewards; the LSTM policy, w trained on the
+    transforms too and eval-mode rewards must not sync inside a step either."""
+    from nas_common.syncs import detect_host_syncs
+
+    cfg = {**MICRO, "policy_type": "lstm", "train_on_transforms": True, "score_bn": "running"}
+    with detect_host_syncs() as report:
+        run_search("nat", _task(), out=tmp_path / "s", preset="tiny", overrides=cfg, progress=False)
+    assert report["steps"] >= 4 and not report["found"], report

@@ -8,7 +8,7 @@ from nas_common.arch import Arch
 from nas_common.costs import count_costs
 from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas.archs import PUBLISHED, SPECS, cell_spec
-from nat_nas.cells import NULL_OP, Cell, CellPair, edge_kind, random_cell
+from nat_nas.cells import NULL_OP, Cell, CellPair, canonical_op, edge_kind, random_cell
 from nat_nas.policy import NATPolicy
 from nat_nas.search import FULLY_CONCAT_OPS, EdgeCosts
 from nat_nas.transitions import KEEP, NULL, SKIP, apply_actions, is_reachable, transition_mask
@@ -198,3 +198,38 @@ def test_published_outputs_of_the_hand_crafted_blocks_cost_more_here() -> None:
     for out in ("nat-vgg-block", "nat-resnet-block"):
         assert _counted(CellPair.from_spec(cell_spec(out)))["params"] > \
             _counted(CellPair.from_spec(cell_spec(PUBLISHED[out])))["params"]
+
+
+def _counted_darts_layout(pair: CellPair) -> dict[str, float]:
+    net = {**NET, "prune_dead": False}
+    return count_costs(Arch("darts", pair.to_spec(), net).build(), tuple(net["input"]))
+
+
+@pytest.mark.parametrize("name,pair", _hand_made(), ids=[n for n, _ in _hand_made()])
+def test_published_rules_in_darts_layout_never_cost_more(name: str, pair: CellPair) -> None:
+    """`prune_dead=False` (DARTS' layout: both inputs preprocessed, every node computed): every stride-1
+    null -> skip is free, so the published rules allow them all; applied at once, with every other allowed
+    skip, the network counted in that layout costs no more."""
+    costs = _costs()
+    base = _counted_darts_layout(pair)
+    for cell, red, cost in ((pair.normal, False, costs[0]), (pair.reduce, True, costs[1])):
+        mask = transition_mask(cell, red, cost, "published", prune_dead=False)
+        free = [e for e, op in enumerate(cell.ops) if canonical_op(op) == NULL_OP and not (red and cell.inputs[e] < 2)]
+        assert all(mask[e, SKIP] for e in free), (name, red)
+        assert mask.sum() >= transition_mask(cell, red, cost, "published").sum()  # more freedom than pruned
+    for action in (SKIP, NULL):
+        cells = [apply_actions(cell, torch.where(transition_mask(cell, red, cost, "published", prune_dead=False)
+                                                 [:, action], action, KEEP))
+                 for cell, red, cost in ((pair.normal, False, costs[0]), (pair.reduce, True, costs[1]))]
+        got = _counted_darts_layout(CellPair(*cells))
+        assert got["macs"] <= base["macs"] and got["params"] <= base["params"], (name, action, got, base)
+
+
+def test_darts_layout_reaches_the_published_vgg_and_resnet_normal_cells() -> None:
+    """The official NAT_VGG / NAT_ResBlock normal cells add stride-1 skips from c_{k-2}: free in DARTS'
+    layout (published rules, prune_dead=False), not in nas_common's, where c_{k-2} is then preprocessed."""
+    costs = _costs()
+    for out in ("nat-vgg-block", "nat-resnet-block"):
+        src, dst = CellPair.from_spec(cell_spec(PUBLISHED[out])), CellPair.from_spec(cell_spec(out))
+        assert is_reachable(src.normal, dst.normal, False, costs[0], "published", prune_dead=False), out
+        assert not is_reachable(src.normal, dst.normal, False, costs[0], "published"), out

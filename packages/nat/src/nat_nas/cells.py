@@ -165,9 +165,11 @@ def sample_prior(n_cells: int, nodes: int, n_ops: int, generator: torch.Generato
 
 def adjacency_from_inputs(inputs: torch.Tensor) -> torch.Tensor:
     """(B, n+2, n+2) edge counts `A[to, from]` of cells given by their (B, 2n) input indices (the tensor
-    form of `Cell.adjacency`, computed where `inputs` lives)."""
+    form of `Cell.adjacency`, computed where `inputs` lives). One-hots by comparison: `F.one_hot` reads
+    its input's range on the host (a sync inside the policy step)."""
     n_edges = inputs.shape[-1]
     n = n_edges // 2 + 2
-    targets = torch.nn.functional.one_hot(torch.arange(n_edges, device=inputs.device) // 2 + 2, n)
-    sources = torch.nn.functional.one_hot(inputs, n)
+    nodes = torch.arange(n, device=inputs.device)
+    targets = (torch.arange(n_edges, device=inputs.device) // 2 + 2).unsqueeze(-1) == nodes
+    sources = inputs.unsqueeze(-1) == nodes
     return torch.einsum("et,bes->bts", targets.float(), sources.float())

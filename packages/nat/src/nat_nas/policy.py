@@ -126,8 +126,12 @@ class TransformPolicy(nn.Module):
         return self.logits(ops, inputs).masked_fill(~masks, float("-inf"))
 
     def act(self, ops: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor,
-            generator: torch.Generator | None = None, greedy: bool = False) -> PolicyOutput:
-        """Sample (Gumbel-max) or take the argmax of one action per edge, all on the tensors' device."""
+            generator: torch.Generator | None = None, greedy: bool = False,
+            agree: Callable[[torch.Tensor], torch.Tensor] | None = None) -> PolicyOutput:
+        """Sample (Gumbel-max) or take the argmax of one action per edge, all on the tensors' device.
+
+        `agree(actions)` may replace the drawn actions before their log-probabilities are taken (the
+        data-parallel search passes rank 0's, broadcast on the device)."""
         logits = self.masked_logits(ops, inputs, masks)
         logp = torch.log_softmax(logits, dim=-1)
         if greedy:
@@ -136,6 +140,8 @@ class TransformPolicy(nn.Module):
             u = torch.rand(logits.shape, generator=generator, device=logits.device)
             gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
             actions = (logits.detach() + gumbel).argmax(-1)
+        if agree is not None:
+            actions = agree(actions)
         log_prob = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1).sum(-1)
         probs = logp.exp()
         # masked entries: p = 0 and log p = -inf; zero log p there first, or 0 * -inf poisons the gradient

@@ -3,54 +3,68 @@
 One search = (1) train the shared supernet and the policy, epoch by epoch, (2) transform the input
 architecture: sample `num_samples` transformations from the policy (or take its most probable one,
 `inference="greedy"`, the paper's Maximum-GCN) and keep the one with the best held-out accuracy under
-the shared weights. With `policy=RUN_DIR` step (1) is skipped: the policy and supernet saved by an
-earlier run (RUN_DIR/policy.pt) transform a new `input_arch` without training.
+the shared weights. With `policy=RUN_DIR` step (1) is skipped: the supernet and policy of an earlier
+NAT search (its final checkpoint, read through `Run.open`) transform a new `input_arch`.
 
 Per epoch (the official code's `train_search.py`; the paper's Algorithm 1 could not be retrieved here,
 see the README):
 
-* weights w on the first 40% of the training split: per batch sample an input beta ~ p(.) (uniform,
-  normal and reduction cell apart) and take one SGD step on CE(beta). `train_on_transforms=true` also
-  trains on the policy's transform alpha ~ pi(.|beta), CE(beta) + CE(alpha) (not the official code).
+* weights w on the first 40% of the training split: per batch an input beta ~ p(.) (uniform, normal
+  and reduction cell apart) and one SGD step on CE(beta). `train_on_transforms=true` also trains on the
+  policy's transform alpha ~ pi(.|beta), CE(beta) + CE(alpha) (not the official code).
 * policy theta on the other 60%, from epoch `warmup_epochs` on: per step beta ~ p(.), alpha ~
   pi(.|beta); reward r = acc(alpha) - acc(beta) with the shared weights on the same held-out images
-  (`reward_batches` batches, averaged; BN with batch statistics, no grad); loss = -(log pi_n +
-  log pi_r)(r - b) - 0.003 H_n - 0.003 H_r; Adam. The baseline tracks the reward, b <- 0.99 b + 0.01 r
-  (the official code feeds r - b back into it: a bug we fix).
+  (`reward_batches` batches, averaged; no grad; BN per `score_bn`); loss = -(log pi_n + log pi_r)(r - b)
+  - 0.003 H_n - 0.003 H_r; Adam. The baseline tracks the reward, b <- 0.99 b + 0.01 r (the official
+  code feeds r - b back into it: a bug we fix).
+
+No host-device sync inside a step. Everything that does not depend on the policy is drawn per epoch,
+before the steps: beta of every w step and of every policy step (the prior is uniform and independent
+of theta), their masks, and, with `train_on_transforms`, the w steps' alpha (the policy does not change
+during the w phase). The policy's actions change every step, so alpha stays on the device: its forward
+runs beta's ops and the skips the mask allows, each scaled by a 0/1 gate from the actions (and by the
+liveness of its source, as the sparse forward drops edges out of dead nodes), which gives the sparse
+forward of alpha exactly (tested) without reading the actions back.
 
 The w steps draw beta from their own generator and never read the policy (unless
 `train_on_transforms`), so two searches with the same seed and different `policy_type` train the
-same supernet bit for bit: the paper's baselines compare on one supernet. The policy step's one host
-sync is reading the sampled cells back (the sparse supernet runs only the chosen ops, so it needs
-them on the host); beta is drawn, and the masks are looked up, on the device.
+same supernet bit for bit: the paper's baselines compare on one supernet.
+
+Data-parallel (torchrun, `task.context`): the supernet is wrapped in DDP for the w steps (sharded
+loaders, the same beta on every rank); the per-epoch plans are rank 0's (`ctx.decide`), the per-step
+actions are rank 0's (broadcast on the device), the rewards are averaged over ranks before the policy
+loss, the policy's gradients are averaged, and the final scoring and choice are made on rank 0.
 """
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Iterable, Iterator
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from nas_common.arch import Arch, get_arch
-from nas_common.config import Config, resolve_config
+from nas_common.config import Config
+from nas_common.context import SearchContext
 from nas_common.costs.tables import op_costs
 from nas_common.data import make_loader
-from nas_common.errors import ArchFileError, ConfigError, NASError, RunError
+from nas_common.errors import ArchFileError, ConfigError, NASError
 from nas_common.methods import CliOption, SearchMethod, SearchResult, Task
-from nas_common.runs import Run, atomic_torch_save
+from nas_common.oneshot import Accumulator, batch_statistics, score_candidates
+from nas_common.runs import Run
 from nas_common.spaces.darts import GENOTYPES, DartsSupernet, genotype_to_spec, reduction_layers
 
-from .cells import NULL_OP, Cell, CellPair, canonical_op, random_cell, sample_prior
+from .cells import NULL_OP, SKIP_OP, Cell, CellPair, canonical_op, random_cell, sample_prior
 from .policy import POLICIES, TransformPolicy, build_policy
-from .transitions import KEEP, apply_actions, prior_mask_table, transition_mask
+from .transitions import KEEP, NULL, SKIP, apply_actions, prior_mask_table, transition_mask
 
-POLICY_FILE = "policy.pt"
-POLICY_FORMAT = "nat-policy/1"
+log = logging.getLogger(__name__)
 
 #: the official code's "fully concat" op set (DARTS' ops + conv_3x3; null is NAT's N, never run)
 FULLY_CONCAT_OPS: tuple[str, ...] = (
@@ -58,8 +72,12 @@ FULLY_CONCAT_OPS: tuple[str, ...] = (
     "dil_conv_5x5", "conv_3x3",
 )
 
-#: seeds of the search's own random streams, offset from the task seed
-_W_STREAM, _POLICY_STREAM, _INFERENCE_STREAM = 11, 13, 17
+#: seeds of the search's own random streams, offset from the task seed: the w steps' inputs, the
+#: policy's actions (device), inference, and the policy steps' inputs
+_W_STREAM, _POLICY_STREAM, _INFERENCE_STREAM, _BETA_STREAM = 11, 13, 17, 19
+
+#: `score_bn` -> `nas_common.oneshot.score_candidates(bn=...)`
+_SCORE_BN = {"batch": "batch", "running": "eval", "recalibrate": "recalibrate"}
 
 
 @dataclass(frozen=True)
@@ -68,14 +86,14 @@ class NATConfig(Config):
 
     # what to transform, and with which policy
     input_arch: str = "darts-v2"  # a genotype name (darts-v2, enas, resnet-block, vgg-block, ...) or an arch.json
-    policy: str = ""  # a run directory (or policy.pt) of an earlier NAT search: transform without training
+    policy: str = ""  # the run directory of an earlier NAT search: transform with its policy, without training
     policy_type: str = "gcn"  # gcn (NAT), lstm (the paper's LSTM baseline), random (its random search)
     # the supernet and its weights w
     C: int = 20
     layers: int = 8
     ops: tuple[str, ...] = FULLY_CONCAT_OPS
     epochs: int = 100
-    batch_size: int = 64
+    batch_size: int = 64  # per rank under torchrun
     lr: float = 0.01
     lr_min: float = 0.01  # the official cosine schedule ends at its start value: constant in effect
     momentum: float = 0.9
@@ -100,9 +118,12 @@ class NATConfig(Config):
     baseline_decay: float = 0.99
     # paper: O->{O,S,N}, S->{S,N}, N->{N}; published: also N->S where the built network gets no costlier
     transition_rules: Literal["paper", "published"] = "paper"
-    # scoring (rewards and candidates), no grad: BN with the batch's statistics, leaving the running ones
-    # untouched ("batch", as the official train-mode scoring), or with the running statistics ("running")
-    score_bn: Literal["batch", "running"] = "batch"
+    # how BatchNorm normalises when architectures are scored (no grad): "batch", the batch's statistics,
+    # leaving the running ones untouched (the official code's train-mode scoring); "recalibrate", the
+    # running statistics re-estimated per candidate on `recalibrate_batches` batches of the w split
+    # (rewards then use batch statistics); "running", the supernet's running statistics (eval mode)
+    score_bn: Literal["batch", "recalibrate", "running"] = "batch"
+    recalibrate_batches: int = 8  # batches of eval_batch_size images for score_bn="recalibrate"
     # inference
     num_samples: int = 10  # transformations sampled; the best by held-out accuracy is kept
     inference: Literal["sample", "greedy"] = "sample"  # greedy: the most probable transform (Maximum-GCN)
@@ -114,6 +135,10 @@ class NATConfig(Config):
     net_layers: int = 20
     net_auxiliary: bool = True
     net_stem: Literal["cifar", "imagenet"] = "cifar"  # imagenet: DARTS' ImageNet stems (resolution / 8)
+    # false: DARTS' own layout (both cell inputs preprocessed, every op run; net.prune_dead=false), the
+    # network the official code's outputs were counted on; with transition_rules="published" any null
+    # edge may then become a stride-1 skip (free there). True: nas_common's layout (no dead ops)
+    net_prune_dead: bool = True
     net_input_size: int = 0  # 0: the dataset's image size
     net_num_classes: int = 0  # 0: the dataset's classes
 
@@ -143,6 +168,7 @@ class NATConfig(Config):
             (self.max_eval_batches >= 0, "max_eval_batches must be >= 0 (0 = all)"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.reward_batches >= 1, "reward_batches must be >= 1"),
+            (self.recalibrate_batches >= 1, "recalibrate_batches must be >= 1"),
             (self.net_C >= 1 and self.net_layers >= 1, "net_C and net_layers must be positive"),
             (self.net_input_size >= 0 and self.net_num_classes >= 0,
              "net_input_size and net_num_classes must be >= 0 (0 = the dataset's)"),
@@ -150,6 +176,7 @@ class NATConfig(Config):
                                            f"{', '.join(POLICIES.names())}"),
             (len(self.ops) > 0 and all(canonical_op(o) != NULL_OP for o in self.ops),
              "ops must list the supernet's real ops (null is implied)"),
+            (SKIP_OP in self.ops, f"ops must include {SKIP_OP} (NAT's skip action runs it)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -219,31 +246,6 @@ class EdgeCosts:
         return self._cache[key]
 
 
-@contextlib.contextmanager
-def scoring_mode(model: torch.nn.Module, bn: str = "batch") -> Iterator[None]:
-    """Score architectures under shared weights, no grad: BN with batch statistics while leaving the
-    running ones untouched (train mode with BN momentum 0), or with running statistics (eval mode)."""
-    was_training = model.training
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
-             for m in bns]
-    try:
-        if bn == "batch":
-            model.train()
-            for m in bns:
-                m.momentum = 0.0
-        else:
-            model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, (momentum, tracked) in zip(bns, saved, strict=True):
-            m.momentum = momentum
-            if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
-        model.train(was_training)
-
-
 def reinforce_step(log_prob: torch.Tensor, entropy: torch.Tensor, reward: torch.Tensor, baseline: torch.Tensor,
                    entropy_coeffs: tuple[float, float], decay: float) -> tuple[torch.Tensor, torch.Tensor]:
     """NAT's policy loss and the next baseline.
@@ -269,6 +271,17 @@ def _groups(batches: Iterable[Any], k: int) -> Iterator[list[Any]]:
         yield group
 
 
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Inside: `module` in eval mode; its training flag is put back on exit."""
+    was = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was)
+
+
 # ---- the method --------------------------------------------------------------------------------------
 
 @dataclass
@@ -278,18 +291,53 @@ class _Parts:
     primitives: tuple[str, ...]
     steps: int
     meta: dict[str, Any] = field(default_factory=dict)
+    source: NATConfig | None = None  # the config of the search that trained them (a reused policy)
+
+
+@dataclass(frozen=True)
+class TransformedPair:
+    """alpha: the cell pair `beta` after the policy's `actions` ((2, edges) on the device, never read back
+    on the host). `skip_ok[cell type][edge]` (host) says where the mask allows a skip, so that only those
+    skip ops run in alpha's forward."""
+
+    beta: CellPair
+    actions: torch.Tensor
+    skip_ok: Sequence[Sequence[bool]]
 
 
 class _PriorMasks:
-    """The masks of prior samples, looked up on the device: `allowed[cell type, vocab op, stride index]`."""
+    """The masks of prior samples, looked up: `allowed[cell type, vocab op, stride index]`."""
 
     def __init__(self, vocab: list[str], costs: tuple[EdgeCosts, EdgeCosts], device: torch.device) -> None:
         self.allowed = torch.stack([prior_mask_table(vocab, c) for c in costs]).to(device)  # (2, V, 2, 3)
         self.cell_type = torch.arange(2, device=device).unsqueeze(1)  # row 0 normal, row 1 reduce
 
     def __call__(self, ops: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """(..., 2, E, 3) masks of cells given by (..., 2, E) vocab ops and inputs (normal, reduce)."""
         stride2 = ((self.cell_type == 1) & (inputs < 2)).long()
         return self.allowed[self.cell_type, ops, stride2]
+
+
+class _SparseForward(nn.Module):
+    """The supernet's sparse forwards as `forward` (DDP averages the gradients of what `forward` ran):
+    `forward(x, *plans)` returns the logits of each plan (normal, reduce, normal_concat, reduce_concat)."""
+
+    def __init__(self, supernet: DartsSupernet) -> None:
+        super().__init__()
+        self.supernet = supernet
+
+    def forward(self, x: torch.Tensor, *plans: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+        return tuple(self.supernet.forward_sparse(x, *plan) for plan in plans)
+
+
+class _Batches:
+    """The first `limit` batches of `loader` (0: all), re-iterable (one pass per candidate group)."""
+
+    def __init__(self, loader: Iterable[Any], limit: int = 0) -> None:
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.loader), self.limit or None)
 
 
 class NATSearch(SearchMethod):
@@ -301,40 +349,81 @@ class NATSearch(SearchMethod):
         CliOption("--input-arch", key="input_arch", metavar="ARCH",
                   help="the architecture to transform: a genotype name or an arch.json (= -o input_arch=ARCH)"),
         CliOption("--policy", key="policy", metavar="RUN_DIR",
-                  help="reuse the trained policy of an earlier run (= -o policy=RUN_DIR)"),
+                  help="transform with the policy of an earlier NAT search, without training (= -o policy=RUN_DIR)"),
     )
     config_cls: ClassVar[type] = NATConfig
 
+    # ---- refusals, before anything is written ---------------------------------------------------------
+    def check(self, task: Task, config: NATConfig) -> None:
+        """Refuses an input arch that does not exist or is not a `darts` cell pair, a policy that is not a
+        finished NAT search for this task (or does not fit the input), and, when training, a search that
+        would leave the supernet or the policy untrained (epochs 0, warm-up to the end, too little data)."""
+        super().check(task, config)
+        _, pair = self._input(config)
+        if config.policy:
+            _, state = self._source(config.policy, task)
+            meta = state["extra"]["meta"]
+            self._check_policy_type(meta, config.policy_type, config.policy)
+            self._check_fits(meta, pair, config.policy)
+            return
+        if config.epochs < 1:
+            raise ConfigError(f"epochs={config.epochs} would transform the input with an untrained supernet and "
+                              f"policy: set epochs >= 1, or pass --policy RUN_DIR to reuse a trained one")
+        if self._trainable(config.policy_type) and config.warmup_epochs >= config.epochs:
+            raise ConfigError(f"warmup_epochs={config.warmup_epochs} >= epochs={config.epochs}: the policy would "
+                              f"never train; lower warmup_epochs (or set policy_type=random)")
+        ranks = task.context.world_size
+        for what, split in zip(("weight", "policy"), self._splits(task, config), strict=True):
+            if len(split) // ranks < config.batch_size:
+                per_rank = f" ({len(split) // ranks} per rank)" if ranks > 1 else ""
+                raise ConfigError(f"the {what} part of the training split holds {len(split)} images{per_rank}, "
+                                  f"fewer than batch_size={config.batch_size}: lower batch_size or use more data")
+
+    @staticmethod
+    def _trainable(policy_type: str) -> bool:
+        return build_policy(policy_type, [NULL_OP, SKIP_OP], 1, 1, 1, 0.0, 4).trainable
+
+    @staticmethod
+    def _input(config: NATConfig) -> tuple[Arch, CellPair]:
+        arch = resolve_input_arch(config.input_arch)
+        try:
+            pair = CellPair.from_spec(arch.spec)
+        except ArchFileError as e:
+            raise ConfigError(f"input_arch {config.input_arch!r}: {e}") from None
+        if pair.reduce.num_nodes != pair.normal.num_nodes:
+            raise ConfigError(f"input_arch: the normal cell has {pair.normal.num_nodes} nodes and the reduction "
+                              f"cell {pair.reduce.num_nodes}; NAT's supernet needs the same number in both")
+        return arch, pair
+
+    @staticmethod
+    def _splits(task: Task, config: NATConfig) -> tuple[Any, Any]:
+        """(w's part, the policy's held-out part) of the training split."""
+        return task.dataset.train.split(config.weight_fraction, seed=config.split_seed)
+
     # ---- search ------------------------------------------------------------------------------------
     def search(self, task: Task, config: NATConfig, run: Run) -> SearchResult:
-        device = task.device
-        input_arch = resolve_input_arch(config.input_arch)
-        pair = CellPair.from_spec(input_arch.spec)
-        steps = pair.normal.num_nodes
-        if pair.reduce.num_nodes != steps:
-            raise ConfigError(f"input_arch: the normal cell has {steps} nodes and the reduction cell "
-                              f"{pair.reduce.num_nodes}; NAT's supernet needs the same number in both")
-        w_split, p_split = task.dataset.train.split(config.weight_fraction, seed=config.split_seed)
+        ctx = task.context
+        input_arch, pair = self._input(config)
         costs = self._edge_costs(config, task)
-
         if config.policy:
-            parts = self._load_policy(config.policy, task, device, config.policy_type)
-            self._check_fits(parts, pair, config.policy)
-            metrics: dict[str, Any] = {"policy_from": str(config.policy)}
+            parts = self._load_policy(config.policy, task, task.device, config.policy_type)
+            source = parts.source or config
+            metrics: dict[str, Any] = {"search/policy_from": str(config.policy)}
         else:
-            parts = self._build(config, task, pair, device)
-            metrics = self._train(task, config, run, parts, w_split, p_split, costs, pair)
-            if run is not None:
-                self._save_policy(parts, run.path / POLICY_FILE)
-
-        return self._transform(task, config, run, parts, pair, input_arch, p_split, costs, metrics)
+            source = config
+            parts = self._build(config, task, pair, task.device)
+            w_split, p_split = self._splits(task, config)
+            metrics = self._train(task, config, run, ctx, parts, w_split, p_split, costs, pair)
+        # a reused supernet is scored on the held-out part of its own search
+        w_split, p_split = self._splits(task, source)
+        return self._transform(task, config, run, ctx, parts, pair, input_arch, w_split, p_split, costs, metrics)
 
     def _edge_costs(self, config: NATConfig, task: Task) -> tuple[EdgeCosts, EdgeCosts]:
         size = config.net_input_size or min(task.input_shape[1:])
         return (EdgeCosts(config.net_C, config.net_layers, size, False, config.net_stem),
                 EdgeCosts(config.net_C, config.net_layers, size, True, config.net_stem))
 
-    # ---- building / saving the supernet and policy ---------------------------------------------------
+    # ---- building the supernet and policy, reading back an earlier search's --------------------------
     def _build(self, config: NATConfig, task: Task, pair: CellPair, device: torch.device) -> _Parts:
         primitives = list(config.ops)
         for cell in pair.cells():  # ops of the input that the op set lacks (e.g. NASNet's sep_conv_7x7)
@@ -355,63 +444,80 @@ class NATSearch(SearchMethod):
                 "policy_dropout": config.policy_dropout}
         return _Parts(supernet, policy, tuple(primitives), steps, meta)
 
-    @staticmethod
-    def _save_policy(parts: _Parts, path: Path) -> None:
-        from nas_common import dist
-
-        if dist.is_main():
-            atomic_torch_save({"format": POLICY_FORMAT, "meta": parts.meta,
-                               "policy": {k: v.detach().cpu() for k, v in parts.policy.state_dict().items()},
-                               "supernet": {k: v.detach().cpu() for k, v in parts.supernet.state_dict().items()}},
-                              path)
-
-    def _load_policy(self, where: str, task: Task, device: torch.device, policy_type: str | None = None) -> _Parts:
-        """The supernet and policy of an earlier search; `policy_type="random"` keeps its supernet only."""
+    def _source(self, where: str | Path, task: Task) -> tuple[NATConfig, dict[str, Any]]:
+        """The config and final checkpoint of the finished NAT search in run directory `where`, checked
+        against `task` (its data and held-out images); one-line ConfigErrors otherwise."""
+        label = f"policy={str(where)!r}"
         p = Path(where)
-        if p.is_dir():
-            p = p / POLICY_FILE
-        if not p.is_file():
-            raise ConfigError(f"policy={where!r}: no {POLICY_FILE} there; give the run directory of a NAT "
-                              f"search (`nas search nat --out DIR` writes DIR/{POLICY_FILE})")
+        if p.is_file():
+            raise ConfigError(f"{label} is a file: give the run directory (--out) of a finished `nas search nat`")
         try:
-            payload = torch.load(p, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise RunError(f"cannot read {p}: {e}") from None
-        if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
-            raise RunError(f"{p} is not a NAT policy file ({POLICY_FORMAT})")
-        meta = payload["meta"]
+            run = Run.open(p, method=self.name, task=task, same_seed=False)
+            cfg = run.config(NATConfig)
+        except NASError as e:
+            raise ConfigError(f"{label}: {e}") from None
+        if cfg.policy:
+            raise ConfigError(f"{label} trained no policy of its own (it reused the one of {cfg.policy!r}): "
+                              f"pass policy={cfg.policy}")
+        try:
+            state = run.final_state(cfg.epochs, map_location="cpu", keys=("supernet", "policy"))
+        except NASError as e:
+            raise ConfigError(f"{label}: {e}") from None
+        extra = state.get("extra") or {}
+        meta = extra.get("meta")
+        if not isinstance(meta, dict):
+            raise ConfigError(f"{label}: its checkpoint holds no NAT policy (another version of nat-nas?): "
+                              f"search again")
         if meta["num_classes"] != task.num_classes or list(meta["input_shape"]) != list(task.input_shape):
-            raise ConfigError(f"the policy in {p} was trained for {meta['num_classes']} classes of "
-                              f"{meta['input_shape']} inputs; this dataset has {task.num_classes} classes of "
-                              f"{list(task.input_shape)}: train a policy on it (leave `policy` empty)")
+            raise ConfigError(f"{label} was trained for {meta['num_classes']} classes of {meta['input_shape']} "
+                              f"inputs; this dataset has {task.num_classes} classes of {list(task.input_shape)}: "
+                              f"train a policy on it (leave `policy` empty)")
+        _, p_split = self._splits(task, cfg)
+        if extra.get("heldout") is not None and p_split.fingerprint() != extra["heldout"]:
+            raise ConfigError(f"{label}: the task's held-out images differ from that search's "
+                              f"({len(p_split)} images here, {extra['heldout']['images']} there), so its "
+                              f"supernet may have trained on them: use the search's dataset")
+        return cfg, state
+
+    @staticmethod
+    def _check_policy_type(meta: dict[str, Any], policy_type: str | None, where: str) -> str:
         saved = meta.get("policy_type", "gcn")
         want = policy_type or saved
         if want not in (saved, "random"):
-            raise ConfigError(f"the policy in {p} is a {saved!r} policy, not {want!r}: set policy_type={saved} "
+            raise ConfigError(f"the policy in {where} is a {saved!r} policy, not {want!r}: set policy_type={saved} "
                               f"(or policy_type=random for random transforms on its supernet)")
+        return want
+
+    @staticmethod
+    def _check_fits(meta: dict[str, Any], pair: CellPair, where: str) -> None:
+        if pair.normal.num_nodes != meta["steps"]:
+            raise ConfigError(f"input_arch has {pair.normal.num_nodes}-node cells; the policy in {where} was "
+                              f"trained with {meta['steps']}-node cells: train a policy for it")
+        unknown = sorted({op for c in pair.cells() for op in c.ops
+                          if canonical_op(op) != NULL_OP and op not in meta["primitives"]})
+        if unknown:
+            raise ConfigError(f"input_arch uses op(s) {', '.join(unknown)} that the policy in {where} never saw "
+                              f"(its ops: {', '.join(meta['primitives'])}): train a policy with ops including them")
+
+    def _load_policy(self, where: str | Path, task: Task, device: torch.device, policy_type: str | None = None
+                     ) -> _Parts:
+        """The supernet and policy of the finished search in `where`; `policy_type="random"` keeps its
+        supernet only."""
+        cfg, state = self._source(where, task)
+        meta = state["extra"]["meta"]
+        want = self._check_policy_type(meta, policy_type, str(where))
         c_in = meta["input_shape"][0]
         supernet = DartsSupernet(meta["C"], meta["num_classes"], meta["layers"], meta["primitives"],
                                  steps=meta["steps"], multiplier=meta["steps"], input_channels=c_in)
-        supernet.load_state_dict(payload["supernet"])
+        supernet.load_state_dict(state["model"]["supernet"])
         policy = build_policy(want, [NULL_OP, *meta["primitives"]], meta["policy_embed"], meta["policy_features"],
                               meta["policy_hidden"], meta["policy_dropout"], meta["steps"] + 2)
-        if want == saved:
-            policy.load_state_dict(payload["policy"])
+        if want == meta.get("policy_type", "gcn"):
+            policy.load_state_dict(state["model"]["policy"])
         meta = {**meta, "policy_type": want}
-        return _Parts(supernet.to(device), policy.to(device), tuple(meta["primitives"]), meta["steps"], meta)
+        return _Parts(supernet.to(device), policy.to(device), tuple(meta["primitives"]), meta["steps"], meta, cfg)
 
-    @staticmethod
-    def _check_fits(parts: _Parts, pair: CellPair, where: str) -> None:
-        if pair.normal.num_nodes != parts.steps:
-            raise ConfigError(f"input_arch has {pair.normal.num_nodes}-node cells; the policy in {where} was "
-                              f"trained with {parts.steps}-node cells: train a policy for it")
-        unknown = sorted({op for c in pair.cells() for op in c.ops
-                          if canonical_op(op) != NULL_OP and op not in parts.primitives})
-        if unknown:
-            raise ConfigError(f"input_arch uses op(s) {', '.join(unknown)} that the policy in {where} never saw "
-                              f"(its ops: {', '.join(parts.primitives)}): train a policy with ops including them")
-
-    # ---- one cell pair through the supernet ------------------------------------------------------------
+    # ---- architectures through the supernet ------------------------------------------------------------
     def _choice(self, cell: Cell, index: dict[str, int]) -> list[list[tuple[int, int, None]]]:
         nodes: list[list[tuple[int, int, None]]] = []
         for t in range(cell.num_nodes):
@@ -420,191 +526,266 @@ class NATSearch(SearchMethod):
                           if canonical_op(op) != NULL_OP])
         return nodes
 
-    def _forward(self, parts: _Parts, x: torch.Tensor, pair: CellPair) -> torch.Tensor:
-        index = {op: k for k, op in enumerate(parts.primitives)}
-        return parts.supernet.forward_sparse(x, self._choice(pair.normal, index), self._choice(pair.reduce, index),
-                                             pair.normal.concat, pair.reduce.concat)
+    def _transformed_choice(self, parts: _Parts, alpha: TransformedPair, index: dict[str, int]) -> list[Any]:
+        """The sparse-forward choices of alpha without reading its actions: per edge of beta its op scaled
+        by the gate "keep" and (where the mask allows it) the skip scaled by "skip", both times the
+        liveness of the edge's source. A null edge gets gates 0, and a node whose edges are all null (or
+        read dead nodes) is dead, as the sparse forward of the transformed cells has it."""
+        skip = index[SKIP_OP]
+        acts = alpha.actions
+        gates = (acts.unsqueeze(-1) == torch.arange(3, device=acts.device)).to(parts.supernet.classifier.weight.dtype)
+        out: list[Any] = []
+        for c, cell in enumerate(alpha.beta.cells()):
+            keep, to_skip, live = gates[c, :, KEEP], gates[c, :, SKIP], 1.0 - gates[c, :, NULL]
+            alive: list[torch.Tensor | None] = [None, None]  # the cell inputs are always live
+            nodes: list[list[tuple[int, int, torch.Tensor]]] = []
+            for t in range(cell.num_nodes):
+                entries: list[tuple[int, int, torch.Tensor]] = []
+                node_live: torch.Tensor | None = None
+                for e in (2 * t, 2 * t + 1):
+                    j, k, src = cell.inputs[e], index[cell.ops[e]], alive[cell.inputs[e]]
+                    entries.append((j, k, keep[e] if src is None else keep[e] * src))
+                    if alpha.skip_ok[c][e] and k != skip:
+                        entries.append((j, skip, to_skip[e] if src is None else to_skip[e] * src))
+                    edge_live = live[e] if src is None else live[e] * src
+                    node_live = edge_live if node_live is None else node_live + edge_live
+                alive.append(node_live.clamp(max=1.0))
+                nodes.append(entries)
+            out.append(nodes)
+        return out
 
-    def _batch_accuracy(self, parts: _Parts, x: torch.Tensor, y: torch.Tensor, pair: CellPair) -> torch.Tensor:
-        """Top-1 accuracy (a 0-d tensor on the device) of `pair` on one batch with the shared weights."""
-        return (self._forward(parts, x, pair).argmax(-1) == y).float().mean()
+    def _plan(self, parts: _Parts, arch: CellPair | TransformedPair) -> tuple[Any, Any, Any, Any]:
+        """(normal, reduce, normal_concat, reduce_concat) for `DartsSupernet.forward_sparse`."""
+        index = {op: k for k, op in enumerate(parts.primitives)}
+        if isinstance(arch, TransformedPair):
+            normal, reduce = self._transformed_choice(parts, arch, index)
+            beta = arch.beta
+            return normal, reduce, beta.normal.concat, beta.reduce.concat
+        return self._choice(arch.normal, index), self._choice(arch.reduce, index), arch.normal.concat, \
+            arch.reduce.concat
+
+    def _forward(self, parts: _Parts, x: torch.Tensor, arch: CellPair | TransformedPair) -> torch.Tensor:
+        return parts.supernet.forward_sparse(x, *self._plan(parts, arch))
+
+    def _batch_accuracy(self, parts: _Parts, x: torch.Tensor, y: torch.Tensor,
+                        arch: CellPair | TransformedPair) -> torch.Tensor:
+        """Top-1 accuracy (a 0-d tensor on the device) of `arch` on one batch with the shared weights."""
+        return (self._forward(parts, x, arch).argmax(-1) == y).float().mean()
 
     def _sample_inputs(self, parts: _Parts, generator: torch.Generator | None = None) -> CellPair:
         """beta ~ p(.): the uniform prior, normal and reduction cell drawn apart (on the host)."""
         real = list(parts.primitives)
         return CellPair(random_cell(generator, real, parts.steps), random_cell(generator, real, parts.steps))
 
-    def _masks(self, pair: CellPair, costs: tuple[EdgeCosts, EdgeCosts], rules: str = "paper") -> torch.Tensor:
-        return torch.stack([transition_mask(pair.normal, False, costs[0], rules),
-                            transition_mask(pair.reduce, True, costs[1], rules)])
-
-    def _transform_pair(self, parts: _Parts, pair: CellPair, costs: tuple[EdgeCosts, EdgeCosts], grad: bool,
-                        rules: str = "paper", generator: torch.Generator | None = None) -> tuple[CellPair, Any]:
-        masks = self._masks(pair, costs, rules)
-        with torch.set_grad_enabled(grad):
-            out = parts.policy(list(pair.cells()), masks, generator=generator)
-        acts = out.actions.cpu()
-        return CellPair(apply_actions(pair.normal, acts[0]), apply_actions(pair.reduce, acts[1])), out
-
-    def _pairs_from_host(self, parts: _Parts, host: torch.Tensor) -> tuple[CellPair, CellPair]:
-        """(beta, alpha) from the step's host copy: per cell type a row [ops | inputs | actions]."""
-        e = 2 * parts.steps
-        betas, alphas = [], []
-        for row in host.tolist():
-            cell = Cell(tuple(parts.primitives[k] for k in row[:e]), tuple(row[e:2 * e]))
-            betas.append(cell)
-            alphas.append(apply_actions(cell, row[2 * e:]))
-        return CellPair(*betas), CellPair(*alphas)
+    def _masks(self, pair: CellPair, costs: tuple[EdgeCosts, EdgeCosts], rules: str = "paper",
+               prune_dead: bool = True) -> torch.Tensor:
+        return torch.stack([transition_mask(pair.normal, False, costs[0], rules, prune_dead),
+                            transition_mask(pair.reduce, True, costs[1], rules, prune_dead)])
 
     def _input_probs(self, parts: _Parts, pair: CellPair, masks: torch.Tensor) -> torch.Tensor:
         """The policy's action probabilities on the input cells (the search log's view of the policy)."""
         with torch.no_grad():
             return parts.policy.distribution(list(pair.cells()), masks).cpu()
 
-    # ---- training ------------------------------------------------------------------------------------
-    def _w_step(self, parts: _Parts, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
-                config: NATConfig, w_gen: torch.Generator, p_gen: torch.Generator,
-                costs: tuple[EdgeCosts, EdgeCosts]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step of the shared weights on CE(beta) (and CE(alpha) with `train_on_transforms`)."""
-        beta = self._sample_inputs(parts, w_gen)
-        logits = self._forward(parts, x, beta)
-        loss = F.cross_entropy(logits, y)
-        if config.train_on_transforms:  # the option's transform needs the policy's actions on the host
-            alpha, _ = self._transform_pair(parts, beta, costs, grad=False, generator=p_gen)
-            loss = loss + F.cross_entropy(self._forward(parts, x, alpha), y)
+    # ---- the per-epoch plans (outside the steps: host reads are fine here) ------------------------------
+    def _w_plan(self, parts: _Parts, steps: int, w_gen: torch.Generator, p_gen: torch.Generator,
+                masks_of: _PriorMasks, with_alpha: bool) -> list[tuple[CellPair, CellPair | None]]:
+        """beta of each w step, from w's own stream; with `train_on_transforms` also alpha ~ pi(.|beta),
+        all drawn at once (the policy does not change during the w phase)."""
+        betas = [self._sample_inputs(parts, w_gen) for _ in range(steps)]
+        if not with_alpha or not betas:
+            return [(b, None) for b in betas]
+        ops, inputs = parts.policy.encode([c for b in betas for c in b.cells()])
+        e = ops.shape[-1]
+        masks = masks_of(ops.cpu().view(steps, 2, e), inputs.cpu().view(steps, 2, e)).view(2 * steps, e, 3)
+        with torch.no_grad():
+            acts = parts.policy.act(ops, inputs, masks.to(ops.device), generator=p_gen).actions
+        rows = acts.view(steps, 2, e).tolist()
+        return [(b, CellPair(apply_actions(b.normal, a[0]), apply_actions(b.reduce, a[1])))
+                for b, a in zip(betas, rows, strict=True)]
+
+    def _policy_plan(self, parts: _Parts, steps: int, b_gen: torch.Generator, masks_of: _PriorMasks
+                     ) -> tuple[list[CellPair], list[Any], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """beta of each policy step (the uniform prior does not depend on the policy): as cells (host),
+        where each edge may become a skip (host), and as vocab ops, inputs and masks (steps, 2, E[, 3])."""
+        e = 2 * parts.steps
+        ops, inputs = sample_prior(2 * steps, parts.steps, len(parts.primitives), b_gen)
+        ops, inputs = ops.view(steps, 2, e), inputs.view(steps, 2, e)
+        vocab = ops + 1  # the policy's vocabulary is [null, *primitives]
+        masks = masks_of(vocab, inputs)
+        betas = [CellPair(*(Cell(tuple(parts.primitives[k] for k in o), tuple(src))
+                            for o, src in zip(orow, irow, strict=True)))
+                 for orow, irow in zip(ops.tolist(), inputs.tolist(), strict=True)]
+        return betas, masks[..., SKIP].tolist(), vocab, inputs, masks
+
+    # ---- the steps (no host sync in here) ------------------------------------------------------------
+    def _w_step(self, net: nn.Module, parts: _Parts, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+                config: NATConfig, beta: CellPair, alpha: CellPair | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of the shared weights on CE(beta) (plus CE(alpha) with `train_on_transforms`),
+        through `net` (the supernet, in DDP under torchrun). Returns the loss and beta's logits."""
+        plans = [self._plan(parts, beta)] + ([self._plan(parts, alpha)] if alpha is not None else [])
+        logits = net(x, *plans)
+        loss = sum(F.cross_entropy(out, y) for out in logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parts.supernet.parameters(), config.grad_clip)
         opt.step()
-        return loss.detach(), (logits.detach().argmax(-1) == y).sum()
+        return loss.detach(), logits[0].detach()
 
-    def _policy_step(self, parts: _Parts, batches: list[tuple[torch.Tensor, torch.Tensor]],
+    def _policy_step(self, ctx: SearchContext, parts: _Parts, batches: list[tuple[torch.Tensor, torch.Tensor]],
                      opt: torch.optim.Optimizer, baseline: torch.Tensor, config: NATConfig,
-                     generator: torch.Generator, masks_of: _PriorMasks) -> tuple[torch.Tensor, torch.Tensor]:
-        """One REINFORCE step: beta ~ p, alpha ~ pi(.|beta), r = acc(alpha) - acc(beta) on `batches`.
+                     generator: torch.Generator, beta: CellPair, skip_ok: Sequence[Sequence[bool]],
+                     ops: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One REINFORCE step: alpha ~ pi(.|beta) (rank 0's actions), r = acc(alpha) - acc(beta) on
+        `batches` (averaged over ranks), the policy's gradients averaged over ranks.
 
         Returns the next baseline and (reward, acc(beta), acc(alpha), entropy) as one device tensor."""
-        device = baseline.device
-        ops, inputs = sample_prior(2, parts.steps, len(parts.primitives), generator, device)
-        vocab_ops = ops + 1  # the policy's vocabulary is [null, *primitives]
-        out = parts.policy.act(vocab_ops, inputs, masks_of(vocab_ops, inputs), generator=generator)
-        host = torch.cat([ops, inputs, out.actions], dim=1).cpu()  # the step's one host sync (see module doc)
-        beta, alpha = self._pairs_from_host(parts, host)
-        with scoring_mode(parts.supernet, config.score_bn):
+        out = parts.policy.act(ops, inputs, masks, generator=generator, agree=ctx.broadcast_)
+        alpha = TransformedPair(beta, out.actions, skip_ok)
+        with torch.no_grad():
             acc_b = torch.stack([self._batch_accuracy(parts, x, y, beta) for x, y in batches]).mean()
-            acc_a = acc_b if alpha == beta else torch.stack(
-                [self._batch_accuracy(parts, x, y, alpha) for x, y in batches]).mean()
-        reward = acc_a - acc_b
+            acc_a = torch.stack([self._batch_accuracy(parts, x, y, alpha) for x, y in batches]).mean()
+            accs = ctx.all_reduce_(torch.stack([acc_b, acc_a]), "mean")
+        reward = accs[1] - accs[0]
         loss, baseline = reinforce_step(out.log_prob, out.entropy, reward, baseline,
                                         (config.entropy_normal, config.entropy_reduce), config.baseline_decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        ctx.all_reduce_grads(parts.policy.parameters())
         opt.step()
-        return baseline, torch.stack([reward, acc_b, acc_a, out.entropy.sum().detach()])
+        return baseline, torch.stack([reward, accs[0], accs[1], out.entropy.sum().detach()])
 
-    def _train(self, task: Task, config: NATConfig, run: Run | None, parts: _Parts, w_split: Any, p_split: Any,
-               costs: tuple[EdgeCosts, EdgeCosts], pair: CellPair) -> dict[str, Any]:
+    # ---- training ------------------------------------------------------------------------------------
+    def _train(self, task: Task, config: NATConfig, run: Run, ctx: SearchContext, parts: _Parts, w_split: Any,
+               p_split: Any, costs: tuple[EdgeCosts, EdgeCosts], pair: CellPair) -> dict[str, Any]:
         device = task.device
         supernet, policy = parts.supernet, parts.policy
+        net = ctx.wrap(_SparseForward(supernet))
+        ctx.broadcast_params_(policy.parameters())
         w_opt = torch.optim.SGD(supernet.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, max(1, config.epochs), eta_min=config.lr_min)
+        # fused: Adam's step count stays on the device (the unfused CPU Adam reads it with .item())
         p_opt = torch.optim.Adam(policy.parameters(), lr=config.policy_lr, betas=tuple(config.policy_betas),
-                                 weight_decay=config.policy_weight_decay) if policy.trainable else None
+                                 weight_decay=config.policy_weight_decay,
+                                 fused=device.type in ("cpu", "cuda") or None) if policy.trainable else None
         baseline = torch.zeros((), device=device)
-        w_gen = torch.Generator().manual_seed(task.seed * 1_000_003 + _W_STREAM)
-        p_gen = torch.Generator(device=device).manual_seed(task.seed * 1_000_003 + _POLICY_STREAM)
-        masks_of = _PriorMasks(list(policy.ops), costs, device)
-        input_masks = self._masks(pair, costs, config.transition_rules)
+        seed = task.seed * 1_000_003
+        w_gen = torch.Generator().manual_seed(seed + _W_STREAM)
+        b_gen = torch.Generator().manual_seed(seed + _BETA_STREAM)
+        p_gen = torch.Generator(device=device).manual_seed(seed + _POLICY_STREAM)
+        masks_of = _PriorMasks(list(policy.ops), costs, torch.device("cpu"))
+        input_masks = self._masks(pair, costs, config.transition_rules, config.net_prune_dead)
         init_probs = self._input_probs(parts, pair, input_masks)
-        start = 0
-        state = run.restore(map_location=device) if run is not None else None
-        if state is not None:
-            supernet.load_state_dict(state["supernet"])
-            policy.load_state_dict(state["policy"])
-            w_opt.load_state_dict(state["w_opt"])
-            if p_opt is not None:
-                p_opt.load_state_dict(state["p_opt"])
-            sched.load_state_dict(state["sched"])
-            baseline = state["baseline"].to(device)
-            w_gen.set_state(state["w_gen"].cpu())
-            p_gen.set_state(state["p_gen"].cpu())
-            init_probs = state["init_probs"].cpu()
-            start = int(state["epoch"])
-        w_loader = make_loader(w_split, config.batch_size, train=True, device=device, augment=config.augment,
-                               seed=task.seed)
-        p_loader = make_loader(p_split, config.batch_size, train=True, device=device, augment=False,
-                               seed=task.seed + 1)
-        choice = input_masks.sum(-1) > 1  # edges of the input with a choice
+        models = {"supernet": supernet, "policy": policy}
+        optimizers = {"w": w_opt, **({"policy": p_opt} if p_opt is not None else {})}
+        schedulers = {"w": sched}
         metrics: dict[str, Any] = {}
+        start = 0
+        got = run.resume(model=models, optimizers=optimizers, schedulers=schedulers, map_location=device)
+        if got is not None:
+            ex = got.extra
+            baseline = ex["baseline"].to(device)
+            w_gen.set_state(ex["w_gen"])
+            b_gen.set_state(ex["b_gen"])
+            p_gen.set_state(ex["p_gen"])
+            init_probs, metrics, start = ex["init_probs"], dict(ex.get("metrics") or {}), got.epoch
+        w_loader = ctx.loader(w_split, config.batch_size, train=True, augment=config.augment, seed=task.seed)
+        p_loader = ctx.loader(p_split, config.batch_size, train=True, augment=False, seed=task.seed + 1)
+        choice = input_masks.sum(-1) > 1  # edges of the input with a choice
+        heldout = p_split.fingerprint()
         for epoch in range(start, config.epochs):
             w_loader.set_epoch(epoch)
             p_loader.set_epoch(epoch)
             # -- w: CE of beta on the 40% split
             supernet.train()
-            w_sums = torch.zeros(2, device=device)  # loss, correct
-            n_w = seen = 0
-            for x, y in self._progress(run, w_loader, f"nat w {epoch + 1}/{config.epochs}"):
-                loss, correct = self._w_step(parts, x, y, w_opt, config, w_gen, p_gen, costs)
-                w_sums += torch.stack([loss, correct.float()])
-                n_w += 1
-                seen += y.shape[0]
+            w_plan = ctx.decide(self._w_plan, parts, len(w_loader), w_gen, p_gen, masks_of,
+                                config.train_on_transforms)
+            w_acc = Accumulator(device)  # w's loss and top-1 on the sampled inputs, summed on the device
+            batches = self._progress(run, w_loader, f"nat w {epoch + 1}/{config.epochs}")
+            for (x, y), (beta, alpha) in zip(batches, w_plan, strict=True):
+                with ctx.step():
+                    loss, logits = self._w_step(net, parts, x, y, w_opt, config, beta, alpha)
+                    w_acc.add_batch(logits, y, loss=loss)
             sched.step()
+            ctx.sync_buffers(supernet)  # every rank scores with rank 0's BN statistics
             # -- theta: REINFORCE on the 60% split, after the supernet's warm-up
             p_sums = torch.zeros(4, device=device)  # reward, acc(beta), acc(alpha), entropy
             n_p = 0
             if p_opt is not None and epoch >= config.warmup_epochs:
+                n_steps = -(-len(p_loader) // config.reward_batches)
+                betas, skip_ok, ops, inputs, masks = ctx.decide(self._policy_plan, parts, n_steps, b_gen, masks_of)
+                ops, inputs, masks = ops.to(device), inputs.to(device), masks.to(device)
                 policy.train()
                 batches = self._progress(run, p_loader, f"nat policy {epoch + 1}/{config.epochs}")
-                for group in _groups(batches, config.reward_batches):
-                    baseline, stats = self._policy_step(parts, group, p_opt, baseline, config, p_gen, masks_of)
-                    p_sums += stats
-                    n_p += 1
-            # -- the epoch's record (host syncs are fine here, outside the steps)
+                with self._reward_scoring(supernet, config.score_bn):
+                    for i, group in enumerate(_groups(batches, config.reward_batches)):
+                        with ctx.step():
+                            baseline, stats = self._policy_step(ctx, parts, group, p_opt, baseline, config, p_gen,
+                                                                betas[i], skip_ok[i], ops[i], inputs[i], masks[i])
+                            p_sums += stats
+                        n_p += 1
+            # -- the epoch's record (host reads are fine here, outside the steps)
             probs = self._input_probs(parts, pair, input_masks)
-            w = w_sums.tolist()
+            w = w_acc.compute(reduce_ranks=ctx.distributed)
             s = (p_sums / max(1, n_p)).tolist()
-            metrics = {"w_loss": w[0] / max(1, n_w), "w_acc": w[1] / max(1, seen), "policy_steps": n_p,
-                       "reward": s[0], "acc_input": s[1], "acc_transformed": s[2], "entropy": s[3],
-                       "baseline": baseline.item(), "lr": sched.get_last_lr()[0],
-                       "keep_prob": probs[..., KEEP][choice].mean().item() if choice.any() else 1.0,
-                       "prob_shift": (probs - init_probs).abs().max().item()}
-            if run is not None:
-                run.log(epoch + 1, **metrics)
-                if run.show_progress:
-                    from tqdm.auto import tqdm
-
-                    tqdm.write(log_line(epoch + 1, config.epochs, metrics, task.num_classes))
-                run.checkpoint({"supernet": supernet.state_dict(), "policy": policy.state_dict(),
-                                "w_opt": w_opt.state_dict(), "p_opt": p_opt.state_dict() if p_opt else None,
-                                "sched": sched.state_dict(), "baseline": baseline.detach().cpu(),
-                                "w_gen": w_gen.get_state(), "p_gen": p_gen.get_state(), "init_probs": init_probs,
-                                "config": config.to_dict()}, epoch + 1)
+            metrics = {"train/loss": w["loss"], "train/top1": w["top1"],
+                       "train/lr": sched.get_last_lr()[0], "search/policy_steps": n_p, "search/reward": s[0],
+                       "search/top1_beta": s[1], "search/top1_alpha": s[2], "search/entropy": s[3],
+                       "search/baseline": baseline.item(),
+                       "search/keep_prob": probs[..., KEEP][choice].mean().item() if choice.any() else 1.0,
+                       "search/prob_shift": (probs - init_probs).abs().max().item()}
+            run.log(epoch + 1, **metrics)
+            if ctx.is_main:
+                log.info(log_line(epoch + 1, config.epochs, metrics, task.num_classes))
+            run.save_state(epoch + 1, model=models, optimizers=optimizers, schedulers=schedulers,
+                           extra={"baseline": baseline.detach().cpu(), "w_gen": w_gen.get_state(),
+                                  "b_gen": b_gen.get_state(), "p_gen": p_gen.get_state(),
+                                  "init_probs": init_probs, "metrics": metrics, "meta": parts.meta,
+                                  "heldout": heldout})
         return metrics
+
+    @staticmethod
+    def _reward_scoring(supernet: nn.Module, score_bn: str) -> Any:
+        """How the supernet normalises in the policy steps: the batch's statistics (also under
+        "recalibrate": re-estimating per step would double every reward's cost), or eval mode."""
+        if score_bn != "running":
+            return batch_statistics(supernet)
+        return _eval_mode(supernet)
 
     @staticmethod
     def _progress(run: Run | None, loader: Any, desc: str) -> Any:
         return run.progress(loader, desc=desc, total=len(loader)) if run is not None else loader
 
     # ---- inference -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def _accuracies(self, parts: _Parts, pairs: list[CellPair], split: Any, config: NATConfig, task: Task,
-                    run: Run | None) -> list[float]:
-        """Held-out top-1 accuracy of each cell pair with the shared weights (no grad; BN per `score_bn`)."""
-        loader = make_loader(split, config.eval_batch_size, train=False, device=task.device)
+                    run: Run | None = None, calibration: Any = None) -> list[float]:
+        """Held-out top-1 accuracy of each cell pair with the shared weights, through nas_common's
+        one-shot scoring (no grad, sums on the device, one host read; BN per `score_bn`, re-estimated on
+        `calibration` for "recalibrate"). The supernet is left as it was."""
         unique = list(dict.fromkeys(pairs))
-        correct = torch.zeros(len(unique), device=task.device)
-        seen = 0
-        with scoring_mode(parts.supernet, config.score_bn):
-            for b, (x, y) in enumerate(self._progress(run, loader, "nat: scoring transforms")):
-                if config.max_eval_batches and b >= config.max_eval_batches:
-                    break
-                for k, pair in enumerate(unique):
-                    correct[k] += (self._forward(parts, x, pair).argmax(-1) == y).sum()
-                seen += y.shape[0]
-        acc = (correct / max(1, seen)).tolist()
-        by_pair = dict(zip(unique, acc, strict=True))
+        bn = _SCORE_BN[config.score_bn]
+        loader = make_loader(split, config.eval_batch_size, train=False, device=task.device, distributed=False)
+        calib: list[Any] = []
+        if bn == "recalibrate":
+            if calibration is None:
+                raise ValueError("score_bn='recalibrate' needs the calibration split (w's part)")
+            calib = list(_Batches(make_loader(calibration, config.eval_batch_size, train=False, device=task.device,
+                                              distributed=False), config.recalibrate_batches))
+        net = parts.supernet
+        was, saved = net.training, [b.detach().clone() for b in net.buffers()]
+        try:
+            scores = score_candidates(unique, lambda cands, x: torch.cat([self._forward(parts, x, c) for c in cands]),
+                                      _Batches(loader, config.max_eval_batches), model=net, calibration=calib,
+                                      group=1 if bn == "recalibrate" else len(unique), bn=bn)
+        finally:
+            with torch.no_grad():
+                for b, v in zip(net.buffers(), saved, strict=True):
+                    b.copy_(v)
+            net.train(was)
+        by_pair = {p: top1 for p, (top1, _) in zip(unique, scores, strict=True)}
         return [by_pair[p] for p in pairs]
 
     def _candidates(self, parts: _Parts, pair: CellPair, masks: torch.Tensor, config: NATConfig,
@@ -620,44 +801,40 @@ class NATSearch(SearchMethod):
         acts = out.actions.cpu().view(n, 2, -1)
         return [CellPair(apply_actions(pair.normal, a[0]), apply_actions(pair.reduce, a[1])) for a in acts]
 
-    def _transform(self, task: Task, config: NATConfig, run: Run | None, parts: _Parts, pair: CellPair,
-                   input_arch: Arch, p_split: Any, costs: tuple[EdgeCosts, EdgeCosts],
-                   metrics: dict[str, Any]) -> SearchResult:
-        masks = self._masks(pair, costs, config.transition_rules)
+    def _choose(self, task: Task, config: NATConfig, parts: _Parts, pair: CellPair, w_split: Any, p_split: Any,
+                costs: tuple[EdgeCosts, EdgeCosts]) -> dict[str, Any]:
+        """Sample the transforms, score them (and the input) on the held-out split, keep the best."""
+        masks = self._masks(pair, costs, config.transition_rules, config.net_prune_dead)
         candidates = self._candidates(parts, pair, masks, config, task)
-        accs = self._accuracies(parts, [pair, *candidates], p_split, config, task, run)
+        accs = self._accuracies(parts, [pair, *candidates], p_split, config, task, calibration=w_split)
         acc_input, cand_accs = accs[0], accs[1:]
         # the pool to choose from: the transforms, then (optionally) the input itself, so that on a tie
         # the transform (never costlier) wins
         pool = candidates + ([pair] if config.input_as_candidate else [])
         scores = cand_accs + ([acc_input] if config.input_as_candidate else [])
-        order = sorted(range(len(pool)), key=lambda k: (-scores[k], k))
-        net = self._net(config, task)
-        best = order[0]
-        if task.budget.is_set:  # keep the most accurate candidate within the budget, if any
-            within = [k for k in order if not task.budget.violations(
-                Arch("darts", pool[k].to_spec(), net).with_costs().costs)]
-            if within:
-                best = within[0]
-            else:
-                warnings.warn("no NAT transform of the input meets the budget: keeping the most accurate one",
-                              stacklevel=2)
-        chosen = pool[best]
+        best = min(range(len(pool)), key=lambda k: (-scores[k], k))
         best_t = max(range(len(candidates)), key=lambda k: (cand_accs[k], -k))
+        return {"output_spec": pool[best].to_spec(), "candidates": [c.to_spec() for c in candidates],
+                "candidate_acc": cand_accs, "input_acc": acc_input, "chosen_is_input": best >= len(candidates),
+                "best_transform_spec": candidates[best_t].to_spec(), "best_acc": scores[best],
+                "best_transform_acc": cand_accs[best_t]}
+
+    def _transform(self, task: Task, config: NATConfig, run: Run, ctx: SearchContext, parts: _Parts,
+                   pair: CellPair, input_arch: Arch, w_split: Any, p_split: Any, costs: tuple[EdgeCosts, EdgeCosts],
+                   metrics: dict[str, Any]) -> SearchResult:
+        got = ctx.decide(self._choose, task, config, parts, pair, w_split, p_split, costs)
         state = {
-            "input_spec": pair.to_spec(), "output_spec": chosen.to_spec(), "net": net,
+            "input_spec": pair.to_spec(), "output_spec": got["output_spec"], "net": self._net(config, task),
             "input_arch": config.input_arch, "policy_from": str(config.policy) if config.policy else "",
             "policy_type": parts.meta.get("policy_type", config.policy_type), "inference": config.inference,
-            "candidates": [c.to_spec() for c in candidates], "candidate_acc": cand_accs,
-            "input_acc": acc_input, "chosen_is_input": best >= len(candidates),
-            "best_transform_spec": candidates[best_t].to_spec(),
+            "candidates": got["candidates"], "candidate_acc": got["candidate_acc"], "input_acc": got["input_acc"],
+            "chosen_is_input": got["chosen_is_input"], "best_transform_spec": got["best_transform_spec"],
         }
-        metrics = {**metrics, "input_acc": acc_input, "best_acc": scores[best],
-                   "best_transform_acc": cand_accs[best_t], "candidate_acc": cand_accs,
-                   "chosen_is_input": state["chosen_is_input"]}
-        if run is not None:
-            run.log(config.epochs + 1, input_acc=acc_input, best_acc=scores[best],
-                    best_transform_acc=cand_accs[best_t])
+        final = {"search/top1_input": got["input_acc"], "search/top1_best": got["best_acc"],
+                 "search/top1_best_transform": got["best_transform_acc"]}
+        run.log(config.epochs + 1 if not config.policy else 1, **final)
+        metrics = {**metrics, **final, "search/candidate_top1": got["candidate_acc"],
+                   "search/chosen_is_input": got["chosen_is_input"]}
         return SearchResult(method=self.name, state=state, metrics=metrics, config=config.to_dict())
 
     @staticmethod
@@ -668,36 +845,32 @@ class NATSearch(SearchMethod):
                "num_classes": config.net_num_classes or task.num_classes, "input": [c, *size]}
         if config.net_stem != "cifar":
             net["stem"] = config.net_stem
+        if not config.net_prune_dead:
+            net["prune_dead"] = False
         return net
 
     # ---- scoring with a finished search's weights --------------------------------------------------------
-    def _saved_config(self, run_dir: str | Path) -> NATConfig:
-        import tomllib
-
-        cfg_file = Path(run_dir) / "config.toml"
-        saved = tomllib.loads(cfg_file.read_text()).get("config", {}) if cfg_file.is_file() else {}
-        return resolve_config(NATConfig, preset=None, file=saved)
-
     def score_archs(self, run_dir: str | Path, task: Task, archs: list[Arch], split: Any = None) -> list[float]:
         """Top-1 accuracy of `darts` archs under the shared weights of the search in `run_dir`, on `split`
         (default: the task's test split), BN as the search scored (the benchmark's held-out check)."""
-        config = self._saved_config(run_dir)
         parts = self._load_policy(str(run_dir), task, task.device)
+        config = parts.source.replace(max_eval_batches=0)
         pairs = [CellPair.from_spec(a.spec) for a in archs]
-        return self._accuracies(parts, pairs, task.dataset.test if split is None else split,
-                                config.replace(max_eval_batches=0), task, None)
+        w_split, _ = self._splits(task, config)
+        return self._accuracies(parts, pairs, task.dataset.test if split is None else split, config, task,
+                                calibration=w_split)
 
     # ---- the harness's ranking hook ---------------------------------------------------------------------
     def sample_and_score(self, run_dir: str | Path, task: Task, n: int, seed: int) -> list[tuple[Arch, float]]:
         """`n` architectures from NAT's uniform prior with their held-out accuracy under the shared weights
         of a finished search in `run_dir` (for Kendall's tau between supernet and stand-alone accuracy)."""
-        config = self._saved_config(run_dir)
         parts = self._load_policy(str(run_dir), task, task.device)
+        config = parts.source
         gen = torch.Generator().manual_seed(seed)
         pairs = [CellPair(random_cell(gen, parts.primitives, parts.steps),
                           random_cell(gen, parts.primitives, parts.steps)) for _ in range(n)]
-        _, p_split = task.dataset.train.split(config.weight_fraction, seed=config.split_seed)
-        accs = self._accuracies(parts, pairs, p_split, config, task, None)
+        w_split, p_split = self._splits(task, config)
+        accs = self._accuracies(parts, pairs, p_split, config, task, calibration=w_split)
         net = self._net(config, task)
         return [(Arch("darts", pair.to_spec(), net), acc) for pair, acc in zip(pairs, accs, strict=True)]
 
@@ -722,9 +895,11 @@ class NATSearch(SearchMethod):
 
 
 def log_line(epoch: int, epochs: int, m: dict[str, Any], num_classes: int = 10) -> str:
-    """One line of the search log: the supernet (w's loss and accuracy, held-out accuracy of the prior's
-    samples) and the policy (reward, the keep probability on the input's free edges, its largest move)."""
-    policy = (f"reward {m['reward']:+.4f}  held-out acc beta {m['acc_input']:.3f} alpha {m['acc_transformed']:.3f}"
-              if m["policy_steps"] else "policy: supernet warm-up")
-    return (f"nat epoch {epoch:3d}/{epochs}  w loss {m['w_loss']:.3f} acc {m['w_acc']:.3f} (chance "
-            f"{1 / num_classes:.3f})  {policy}  P(keep) {m['keep_prob']:.3f}  prob shift {m['prob_shift']:.3f}")
+    """One line of the search log: the supernet (w's loss and accuracy on the sampled inputs, against
+    chance) and the policy (reward, held-out accuracy of beta and alpha, the keep probability on the
+    input's free edges, its largest move since the start)."""
+    policy = (f"reward {m['search/reward']:+.4f}  held-out acc beta {m['search/top1_beta']:.3f} "
+              f"alpha {m['search/top1_alpha']:.3f}" if m["search/policy_steps"] else "policy: supernet warm-up")
+    return (f"nat epoch {epoch:3d}/{epochs}  w loss {m['train/loss']:.3f} acc {m['train/top1']:.3f} (chance "
+            f"{1 / num_classes:.3f})  {policy}  P(keep) {m['search/keep_prob']:.3f}  "
+            f"prob shift {m['search/prob_shift']:.3f}")

@@ -69,18 +69,23 @@ def computed_states(cell: Cell) -> tuple[set[int], set[int]]:
     return computed, read
 
 
-def transition_mask(cell: Cell, reduction: bool, cost_of: CostFn | None = None, rules: Rules = "paper"
-                    ) -> torch.Tensor:
-    """(edges, 3) bool: which actions each edge may take (rules by kind, then liveness, then cost)."""
+def transition_mask(cell: Cell, reduction: bool, cost_of: CostFn | None = None, rules: Rules = "paper",
+                    prune_dead: bool = True) -> torch.Tensor:
+    """(edges, 3) bool: which actions each edge may take (rules by kind, then liveness, then cost).
+
+    `prune_dead=False` is DARTS' own layout of the built network (`net.prune_dead=false`: both cell
+    inputs preprocessed, every node computed): there a stride-1 skip costs nothing wherever it reads and
+    feeds, so null -> skip needs no liveness test."""
     if rules not in RULES:
         raise ValueError(f"unknown transition rules {rules!r}: valid: {', '.join(RULES)}")
     table = RULES[rules]
-    computed, read = computed_states(cell) if rules != "paper" else (set(), set())
+    live = rules != "paper" and prune_dead
+    computed, read = computed_states(cell) if live else (set(), set())
     rows = []
     for e, (op, stride) in enumerate(zip(cell.ops, edge_strides(cell, reduction), strict=True)):
         kind = edge_kind(op)
         keep, skip, null = table[kind]
-        if skip and kind == "N" and not (cell.inputs[e] in read and cell.targets[e] in computed):
+        if skip and kind == "N" and live and not (cell.inputs[e] in read and cell.targets[e] in computed):
             skip = False  # the skip would revive a state the input does not compute
         if skip and cost_of is not None and not not_costlier(cost_of(SKIP_OP, stride), cost_of(op, stride)):
             skip = False
@@ -133,10 +138,10 @@ def actions_between(src: Cell, dst: Cell) -> list[int] | None:
 
 
 def is_reachable(src: Cell, dst: Cell, reduction: bool, cost_of: CostFn | None = None,
-                 rules: Rules = "paper") -> bool:
+                 rules: Rules = "paper", prune_dead: bool = True) -> bool:
     """Whether `dst` is one allowed transformation of `src` under the rules (and the cost mask)."""
     acts = actions_between(src, dst)
     if acts is None:
         return False
-    mask = transition_mask(src, reduction, cost_of, rules)
+    mask = transition_mask(src, reduction, cost_of, rules, prune_dead)
     return bool(mask[torch.arange(src.num_edges), torch.tensor(acts)].all())
