@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CHECKPOINT_FORMAT = "nas-ckpt/2"
-LEGACY_CHECKPOINT_FORMAT = "nas-ckpt/1"  # written by the deprecated Run.checkpoint
 MODEL_FORMAT = "nas-model/1"
 MARKER = ".nas-run"
 MARKER_FORMAT = "nas-run/1"
@@ -602,23 +601,6 @@ class Run:
             self._tb.close()
             self._tb = None
 
-    # -- the previous checkpoint API, "nas-ckpt/1" (until every method uses save_state/resume) ------
-    def checkpoint(self, state: dict[str, Any], epoch: int) -> None:
-        """Deprecated: use `save_state`. Writes `state` at the top level of a "nas-ckpt/1" checkpoint."""
-        if dist.is_main():
-            atomic_save({"format": LEGACY_CHECKPOINT_FORMAT, "epoch": epoch, "rng": rng_state(),
-                         "versions": package_versions(), **state}, self.checkpoint_path)
-        dist.barrier()
-        self._maybe_interrupt(epoch)
-
-    def restore(self, map_location: Any = "cpu") -> dict[str, Any] | None:
-        """Deprecated: use `resume`. The "nas-ckpt/1" checkpoint's state (RNG states restored), else None."""
-        if not self.resume_requested or not self.checkpoint_path.exists():
-            return None
-        state = _load_legacy(self.checkpoint_path, map_location)
-        set_rng_state(state["rng"])
-        return state
-
 
 def check_keep(keep: object) -> int:
     """`keep` (how many best checkpoints to keep, --keep-best) as an integer >= 0, or a ConfigError."""
@@ -750,40 +732,3 @@ def load_model(run_dir: str | Path, map_location: Any = "cpu") -> torch.nn.Modul
     if missing or unexpected:
         raise RunError(f"{weights} does not fit {p / 'arch.json'}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model.eval()
-
-
-# ---- the previous read-back API (until every method uses Run.open) -----------------------------------
-atomic_torch_save = atomic_save  # deprecated name (nat-nas until it moves to Run.save_state)
-
-
-def read_search_record(run_dir: str | Path, method: str, task: Task | None = None, *, same_seed: bool = True
-                       ) -> dict[str, Any]:
-    """Deprecated: `Run.open(run_dir, method=..., task=...).record`."""
-    return Run.open(run_dir, method=method, task=task, same_seed=same_seed).record
-
-
-def load_final_checkpoint(run_dir: str | Path, method: str, epochs: int, map_location: Any = "cpu",
-                          keys: Iterable[str] = ()) -> dict[str, Any]:
-    """Deprecated: `Run.open(run_dir, method=...).final_state(epochs)`, for "nas-ckpt/1" checkpoints."""
-    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        raise RunError(f"{ckpt} does not exist: give the --out directory of a finished `nas search {method}` run")
-    state = _load_legacy(ckpt, map_location)
-    if not {"epoch", *keys} <= set(state):
-        raise RunError(f"{ckpt} is not a {method} search checkpoint: give the --out directory of a "
-                       f"`nas search {method}` run")
-    if int(state["epoch"]) < epochs:
-        raise RunError(f"the {method} search in {str(run_dir)!r} stopped after epoch {state['epoch']} of {epochs}: "
-                       f"finish it with `nas search {method} ... --out {run_dir} --resume`")
-    return state
-
-
-def _load_legacy(path: Path, map_location: Any) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"cannot read {path}: {first}; search again with --overwrite") from None
-    if not isinstance(state, dict) or state.get("format") != LEGACY_CHECKPOINT_FORMAT:
-        raise RunError(f"{path} is not a nas checkpoint; pass --overwrite to start again")
-    return state
