@@ -45,7 +45,7 @@ def test_ista_nas_installs_and_searches_alone(tmp_path: Path) -> None:
         reqs = _requires_dist(w)
         assert not [r for r in reqs if "file://" in r or " @ " in r], f"{w.name} has a path requirement: {reqs}"
     ista_reqs = _requires_dist(next(w for w in wheels if w.name.startswith("ista_nas")))
-    assert any(r.replace(" ", "").replace("(", "").startswith("nas-common>=0.1") for r in ista_reqs), ista_reqs
+    assert any(r.replace(" ", "").replace("(", "").startswith("nas-common>=0.2") for r in ista_reqs), ista_reqs
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])

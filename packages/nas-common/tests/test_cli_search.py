@@ -16,7 +16,7 @@ def test_unknown_method_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Captur
 
 def test_bad_distributed_budget_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["search", "bsn", "--budget-distributed", "two", "--out", str(tmp_path / "r")]) == 2
-    assert "K:VALUE" in capsys.readouterr().err
+    assert "--budget distributed:K=STEPS" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
