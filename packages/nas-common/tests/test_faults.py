@@ -151,6 +151,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+def kill_then_resume(args: list[str], out: Path, at: Any, name: str) -> None:
+    """Run `args` into `out`, SIGKILLed at write `at`; every file left must be whole; `--resume` must
+    then finish the run, again leaving whole files."""
+    assert in_child([*args, "--out", str(out)], at) == -signal.SIGKILL, name
+    check_complete(out)
+    assert in_child([*args, "--out", str(out), "--resume"], None) == 0, f"resume after a kill in {name}"
+    check_complete(out)
+
+
 def test_a_kill_while_writing_a_training_run_leaves_whole_files_and_resume_finishes(data: Path, tmp_path: Path
                                                                                     ) -> None:
     args = ["train", str(data / "arch.json"), "--dataset", f"npz:{data / 'd.npz'}", "--preset", "tiny",
@@ -163,10 +172,7 @@ def test_a_kill_while_writing_a_training_run_leaves_whole_files_and_resume_finis
         set(points), points
     for name, at in sorted(points.items()):
         out = tmp_path / f"kill-{name}"
-        assert in_child([*args, "--out", str(out)], at) == -signal.SIGKILL, name
-        check_complete(out)
-        assert in_child([*args, "--out", str(out), "--resume"], None) == 0, f"resume after a kill in {name}"
-        check_complete(out)
+        kill_then_resume(args, out, at, name)
         assert not list(out.rglob("*.tmp")), f"temporaries left after resuming ({name})"
         got = final_state(out)
         assert got[0] == want[0], name
@@ -222,10 +228,7 @@ def test_a_kill_while_writing_a_search_run_leaves_whole_files_and_resume_finishe
             {"config.toml", "last.pt", "arch.json", "model.pt", "result.json"} <= set(points), points
         for name, at in sorted(points.items()):
             out = tmp_path / f"kill-{name}"
-            assert in_child([*args, "--out", str(out)], at) == -signal.SIGKILL, name
-            check_complete(out)
-            assert in_child([*args, "--out", str(out), "--resume"], None) == 0, f"resume after a kill in {name}"
-            check_complete(out)
+            kill_then_resume(args, out, at, name)
             got = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["optimizers"]
             assert got.keys() == want_state.keys(), name
             model = torch.load(out / "model.pt", weights_only=True)["state_dict"]
