@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,9 +55,6 @@ from .lasso import LassoError
 from .network import DARTS_BN_SPACE, SparseForward, absorb, one_stage_supernet, search_supernet, set_op_bn_trainable
 
 log = logging.getLogger(__name__)
-
-#: the errors a rank-0 decision may raise, re-raised on every rank by name
-_DECISION_ERRORS: dict[str, type[NASError]] = {"LassoError": LassoError, "ConfigError": ConfigError}
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -287,25 +284,10 @@ class ISTASearch(SearchMethod):
                  "search/lasso_time_s": time.perf_counter() - t0}
         return z, stats
 
-    @staticmethod
-    def _decide(ctx: SearchContext, fn: Callable[[], Any]) -> Any:
-        """`fn()` on rank 0, its value on every rank (`ctx.decide`); a NASError raised by it on rank 0 is
-        raised on every rank (the others would otherwise wait for rank 0's answer forever)."""
-        def guarded() -> tuple[bool, Any]:
-            try:
-                return True, fn()
-            except NASError as e:
-                return False, (type(e).__name__, str(e))
-
-        ok, value = ctx.decide(guarded)
-        if not ok:
-            raise _DECISION_ERRORS.get(value[0], NASError)(value[1])
-        return value
-
     def _lasso_decision(self, ctx: SearchContext, code: CompressedCode, config: ISTAConfig
                         ) -> tuple[torch.Tensor, dict[str, Any]]:
         """The LASSO of every node solved on rank 0 from the current b; (z, statistics) on every rank."""
-        return self._decide(ctx, lambda: self._recover(code, config))
+        return ctx.decide(self._recover, code, config)
 
     # ---- two-stage ---------------------------------------------------------------------------------
     @staticmethod
@@ -466,7 +448,7 @@ class ISTASearch(SearchMethod):
                 if all_frozen:  # the official code stops after one more epoch with every node frozen
                     phase, train_start = "train", epoch + 1
                 else:
-                    decision = self._decide(ctx, lambda: self._one_stage_decision(code, frozen, config, net_cfg))
+                    decision = ctx.decide(self._one_stage_decision, code, frozen, config, net_cfg)
                     metrics.update(decision["log"])
                     self._apply_freeze(code, decision, frozen, supernet)
                     if epoch + 1 >= oc.max_search_epochs and not bool(frozen.all()):
