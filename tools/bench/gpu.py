@@ -369,7 +369,6 @@ def _step_peak_mib(step: Callable[[], None], device: torch.device) -> float:
 def ista_rows(device: torch.device, sizes: Sizes) -> list[Row]:
     """One search step of ISTA-NAS's sparse network (b step + weight step) and of the dense DARTS supernet
     of the same space and size (alpha step + weight step): time and memory."""
-    import torch.nn.functional as F
 
     from nas_common.benchmarking import median_times_interleaved
     from nas_common.spaces.darts import DartsSupernet
@@ -382,6 +381,7 @@ def ista_rows(device: torch.device, sizes: Sizes) -> list[Row]:
     try:  # the package's public blocks, looked up by name: tools/bench imports no method package statically
         ista = importlib.import_module("ista_nas")
         network = importlib.import_module("ista_nas.network")
+        steps = importlib.import_module("ista_nas.benchmarking")
         primitives, code_cls = ista.ISTA_PRIMITIVES, ista.CompressedCode
         search_supernet = network.search_supernet
     except (ImportError, AttributeError) as e:
@@ -397,43 +397,9 @@ def ista_rows(device: torch.device, sizes: Sizes) -> list[Row]:
     code = code_cls(seed=0).to(device)
     z, _ = code.recover(1e-5)
     code.set_code(z)
-    support = code.support.tolist()  # once, outside the timed steps
-    b_opt = torch.optim.Adam([code.b], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-
-    def sparse_forward() -> torch.Tensor:
-        return F.cross_entropy(sparse.forward_sparse(x, *code.choices(support=support)), y)
-
-    def sparse_step() -> None:
-        loss_v = sparse_forward()
-        b_opt.zero_grad(set_to_none=True)
-        (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
-        b_opt.step()
-        with torch.no_grad():
-            w = code.weights()
-        loss = F.cross_entropy(sparse.forward_sparse(x, *code.choices(w, support)), y)
-        w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        w_opt.step()
-
+    sparse_step, sparse_forward = steps.sparse_search_step(sparse, code, w_opt, x, y)  # reads the support once
     dense = DartsSupernet(C, 10, L, primitives=primitives).to(device, memory_format=fmt).train()
-    alpha = torch.nn.Parameter(1e-3 * torch.randn(2, dense.n_edges, dense.n_ops, device=device))
-    d_opt = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam([alpha], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-
-    def dense_forward() -> torch.Tensor:
-        wn, wr = F.softmax(alpha, -1).unbind(0)
-        return F.cross_entropy(dense(x, wn, wr), y)
-
-    def dense_step() -> None:
-        loss_v = dense_forward()
-        a_opt.zero_grad(set_to_none=True)
-        (alpha.grad,) = torch.autograd.grad(loss_v, [alpha])
-        a_opt.step()
-        wn, wr = F.softmax(alpha.detach(), -1).unbind(0)
-        loss = F.cross_entropy(dense(x, wn, wr), y)
-        d_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        d_opt.step()
+    dense_step, dense_forward = steps.dense_search_step(dense, x, y)
 
     t_sparse, t_dense = median_times_interleaved([sparse_step, dense_step], device, 1, sizes.ista_iters)
     if device.type == "cuda":
@@ -457,10 +423,8 @@ def ista_rows(device: torch.device, sizes: Sizes) -> list[Row]:
 def trainer_rows(ds: Any, device: torch.device, sizes: Sizes) -> list[Row]:
     """images/s of a plain loop, the Trainer in fp32 NCHW and in bf16 + channels_last (same model, data,
     optimizer and augmentation; a warm-up of two steps before each timed run)."""
-    import torch.nn.functional as F
-
+    from nas_common.benchmarking import plain_loop_images_per_s, trainer_images_per_s
     from nas_common.config import resolve_config
-    from nas_common.data import make_loader
     from nas_common.spaces.resnet import resnet_arch
     from nas_common.train import TrainConfig, Trainer
 
@@ -472,45 +436,12 @@ def trainer_rows(ds: Any, device: torch.device, sizes: Sizes) -> list[Row]:
         torch.manual_seed(0)
         return resnet_arch(sizes.trainer_depth).build().to(device)
 
-    def warm(loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer) -> None:
-        for i, (xb, yb) in enumerate(make_loader(split, bs, train=True, device=device, seed=1)):
-            if i >= 2:
-                break
-            opt.zero_grad(set_to_none=True)
-            loss_of(xb, yb).backward()
-        opt.zero_grad(set_to_none=True)
-
-    def plain() -> float:
-        net = model().train()
-        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        loader = make_loader(split, bs, train=True, device=device, seed=0)
-        warm(lambda xb, yb: F.cross_entropy(net(xb), yb), opt)
-        n = 0
-        _sync(device)
-        t0 = time.perf_counter()
-        for epoch in range(epochs):
-            loader.set_epoch(epoch)
-            for xb, yb in loader:
-                loss = F.cross_entropy(net(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n += yb.shape[0]
-        _sync(device)
-        return n / (time.perf_counter() - t0)
-
     def trainer(amp: str, channels_last: bool) -> float:
         config = resolve_config(TrainConfig, preset="paper", values={
             "epochs": epochs, "batch_size": bs, "eval_every": 0, "amp": amp, "channels_last": channels_last})
-        tr = Trainer(model(), config, device=device, seed=0)
-        warm(lambda xb, yb: F.cross_entropy(tr.net(xb), yb), tr.optimizer)
-        _sync(device)
-        t0 = time.perf_counter()
-        tr.fit(split)
-        _sync(device)
-        return sum(h["train_images"] for h in tr.history) / (time.perf_counter() - t0)
+        return trainer_images_per_s(Trainer(model(), config, device=device, seed=0), split, bs)
 
-    base = plain()
+    base = plain_loop_images_per_s(model(), split, bs, epochs, device)
     fp32 = trainer("off", False)
     mixed = trainer("bf16", True)
     amp_note = "bf16 autocast" if device.type == "cuda" else "cpu: autocast off, channels_last only"

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ista_nas import ISTA_PRIMITIVES, CompressedCode, genotype_from_support
+from ista_nas.benchmarking import dense_search_step, sparse_search_step
 from ista_nas.lasso import kkt_violation, lasso
 from ista_nas.network import search_supernet
 from nas_common.benchmarking import markdown_table, median_time, median_times_interleaved, sync
@@ -132,7 +133,7 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> None:
     sparse = search_supernet(C, 10, L, 4, 3).to(device, memory_format=fmt)
     w_opt = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
 
-    def selection(seed: int, fixed: tuple | None = None) -> tuple[CompressedCode, list, torch.optim.Optimizer]:
+    def selection(seed: int, fixed: tuple | None = None) -> tuple[CompressedCode, list]:
         """The code of a search started with `seed` (its initial b, z and top-2 support), or with the
         support `fixed` (candidate indices, as CompressedCode.support) and that code's b and z."""
         code = CompressedCode(seed=seed).to(device)
@@ -140,54 +141,18 @@ def bench_steps(args: argparse.Namespace, device: torch.device) -> None:
         code.set_code(z)
         if fixed is not None:
             code.support.copy_(torch.tensor(fixed, device=device))
-        b_opt = torch.optim.Adam([code.b], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-        return code, code.support.tolist(), b_opt
+        return code, code.support.tolist()
 
     def sparse_step_fn(seed: int, fixed: tuple | None = None
                        ) -> tuple[Callable[[], None], Callable[[], torch.Tensor], list]:
-        code, support, b_opt = selection(seed, fixed)
-
-        def sparse_forward() -> torch.Tensor:
-            return F.cross_entropy(sparse.forward_sparse(x, *code.choices(support=support)), y)
-
-        def ista_step() -> None:
-            loss_v = sparse_forward()
-            b_opt.zero_grad(set_to_none=True)
-            (code.b.grad,) = torch.autograd.grad(loss_v, [code.b])
-            b_opt.step()
-            with torch.no_grad():
-                w = code.weights()
-            loss = F.cross_entropy(sparse.forward_sparse(x, *code.choices(w, support)), y)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(sparse.parameters(), 5.0)
-            w_opt.step()
-
-        return ista_step, sparse_forward, support
+        code, support = selection(seed, fixed)
+        return (*sparse_search_step(sparse, code, w_opt, x, y, support), support)
 
     ista_step, sparse_forward, support = sparse_step_fn(0)
 
     # ---- the dense DARTS supernet of the same space (7 ops, softmax weights) and its step
     dense = DartsSupernet(C, 10, L, primitives=ISTA_PRIMITIVES).to(device, memory_format=fmt)
-    alpha = torch.nn.Parameter(1e-3 * torch.randn(2, dense.n_edges, dense.n_ops, device=device))
-    d_opt = torch.optim.SGD(dense.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam([alpha], lr=6e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-
-    def dense_forward() -> torch.Tensor:
-        wn, wr = F.softmax(alpha, -1).unbind(0)
-        return F.cross_entropy(dense(x, wn, wr), y)
-
-    def darts_step() -> None:
-        loss_v = dense_forward()
-        a_opt.zero_grad(set_to_none=True)
-        (alpha.grad,) = torch.autograd.grad(loss_v, [alpha])
-        a_opt.step()
-        wn, wr = F.softmax(alpha.detach(), -1).unbind(0)
-        loss = F.cross_entropy(dense(x, wn, wr), y)
-        d_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(dense.parameters(), 5.0)
-        d_opt.step()
+    darts_step, dense_forward = dense_search_step(dense, x, y)
 
     # ---- the discrete network of the current selection: two training steps
     def discrete_fns(support: list) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
-import torch.nn.functional as F
 
 from nas_common import Run, get_arch, get_dataset
-from nas_common.benchmarking import markdown_table, sync
+from nas_common.benchmarking import markdown_table, plain_loop_images_per_s, trainer_images_per_s
 from nas_common.config import resolve_config
-from nas_common.data import make_loader
 from nas_common.device import resolve_device
 from nas_common.train import TrainConfig, Trainer
 
@@ -39,33 +36,7 @@ def _config(args: argparse.Namespace, **kw) -> TrainConfig:
 
 def plain_loop(split, args: argparse.Namespace, device: torch.device) -> float:
     """images/s of the hand-written loop."""
-    model = _model(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    loader = make_loader(split, args.batch, train=True, device=device, seed=0)
-    model.train()
-    _warmup(lambda x, y: F.cross_entropy(model(x), y), opt, loader)
-    n = 0
-    sync(device)
-    t0 = time.perf_counter()
-    for epoch in range(args.epochs):
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            n += y.shape[0]
-    sync(device)
-    return n / (time.perf_counter() - t0)
-
-
-def _warmup(loss_fn, opt, loader, steps: int = 2) -> None:
-    for i, (x, y) in enumerate(loader):
-        if i >= steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x, y).backward()
-    opt.zero_grad(set_to_none=True)
+    return plain_loop_images_per_s(_model(device), split, args.batch, args.epochs, device)
 
 
 def trainer_loop(split, args: argparse.Namespace, device: torch.device, with_run: bool = False, **cfg) -> float:
@@ -76,18 +47,10 @@ def trainer_loop(split, args: argparse.Namespace, device: torch.device, with_run
         run = Run.create(f"{tmp}/run", {"kind": "bench"}, progress=False) if with_run else None
         if run is not None:
             run.tb  # noqa: B018  (open TensorBoard before timing, as a real run has it open)
-        trainer = Trainer(model, config, run=run, device=device, seed=0)
-        warm = make_loader(split, args.batch, train=True, device=device, seed=1)
-        _warmup(lambda x, y: F.cross_entropy(trainer.net(x), y), trainer.optimizer, warm)
-        sync(device)
-        t0 = time.perf_counter()
-        trainer.fit(split)
-        sync(device)
-        seconds = time.perf_counter() - t0
+        rate = trainer_images_per_s(Trainer(model, config, run=run, device=device, seed=0), split, args.batch)
         if run is not None:
             run.close()
-    images = sum(h["train_images"] for h in trainer.history)
-    return images / seconds
+    return rate
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["markdown_table", "median_time", "median_times_interleaved", "sync"]
+__all__ = ["markdown_table", "median_time", "median_times_interleaved", "plain_loop_images_per_s", "sync",
+           "trainer_images_per_s", "warm_up"]
 
 
 def sync(device: torch.device) -> None:
@@ -44,6 +46,59 @@ def median_times_interleaved(fns: list[Callable[[], object]], device: torch.devi
         for k, fn in enumerate(fns):
             times[k].append(_timed(fn, device))
     return [statistics.median(t) for t in times]
+
+
+def warm_up(loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+            batches: Any, steps: int = 2) -> None:
+    """`steps` untimed forward/backward passes (kernels chosen, allocator warm), gradients cleared after."""
+    for i, (x, y) in enumerate(batches):
+        if i >= steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss_of(x, y).backward()
+    opt.zero_grad(set_to_none=True)
+
+
+def plain_loop_images_per_s(model: torch.nn.Module, split: Any, batch_size: int, epochs: int,
+                            device: torch.device) -> float:
+    """Training images/s of the textbook loop (forward, cross-entropy, zero_grad, backward, step; SGD 0.1
+    Nesterov, weight decay 5e-4, the device loader's crop + flip): the reference the Trainer is measured
+    against, here once so that every benchmark compares with the same loop."""
+    from .data import make_loader
+
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    loader = make_loader(split, batch_size, train=True, device=device, seed=0)
+    warm_up(lambda x, y: F.cross_entropy(model(x), y), opt, make_loader(split, batch_size, train=True,
+                                                                      device=device, seed=1))
+    n = 0
+    sync(device)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n += y.shape[0]
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def trainer_images_per_s(trainer: Any, split: Any, batch_size: int) -> float:
+    """Training images/s of `trainer.fit(split)` (a nas_common Trainer), after the same warm-up as the
+    plain loop's."""
+    from .data import make_loader
+
+    warm_up(lambda x, y: F.cross_entropy(trainer.net(x), y), trainer.optimizer,
+            make_loader(split, batch_size, train=True, device=trainer.device, seed=1))
+    sync(trainer.device)
+    t0 = time.perf_counter()
+    trainer.fit(split)
+    sync(trainer.device)
+    seconds = time.perf_counter() - t0
+    return sum(h["train_images"] for h in trainer.history) / seconds
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
