@@ -12,7 +12,10 @@
    the policy has not moved from uniform they coincide: the paired difference is what the policy learnt.
 
        python packages/nat/benchmarks/bench_nat.py [--seeds 5] [--preset tiny] [--input-arch darts-v2]
-           [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [-s KEY=VALUE ...]
+           [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [--resume] [-s KEY=VALUE ...]
+
+   `--resume` reuses the rows of OUT/records.jsonl made with the same method, seed, preset, overrides
+   and data (their run directories still there), so a killed ablation goes on where it stopped.
 
    Tables: per method, mean ± std over seeds (and the seed count) of those accuracies, the costs and
    the search time; the learned policy minus random, paired by seed; the first seed's search log
@@ -91,6 +94,31 @@ def _assert_not_costlier(arch: Arch, inp: Arch, what: str) -> None:
             raise AssertionError(f"{what} costs more {k} than its input: {arch.costs[k]:.6g} > {inp.costs[k]:.6g}")
 
 
+def _key(method: str, seed: int, preset: str, overrides: list[str], dataset: str, subset: str) -> tuple:
+    return method, seed, preset, tuple(overrides), dataset, subset
+
+
+def _finished(out: Path) -> dict[tuple, dict[str, Any]]:
+    """The rows of `out/records.jsonl` by what made them (method, seed, preset, overrides, data): what a
+    resumed ablation reuses instead of searching again."""
+    path = out / "records.jsonl"
+    if not path.is_file():
+        return {}
+    found = {}
+    for line in filter(str.strip, path.read_text().splitlines()):
+        r = json.loads(line)
+        key = _key(r["method"], r["seed"], r["preset"], r["overrides"], r.get("dataset", "cifar10-mini"),
+                   r.get("subset", ""))
+        found[key] = {k: v for k, v in r.items() if k not in ("method", "preset", "overrides", "dataset", "subset",
+                                                              "device")}
+    return found
+
+
+def _search_log(run_dir: Path) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
+
+
 def ablation(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     ds = get_dataset(args.dataset)
@@ -101,6 +129,7 @@ def ablation(args: argparse.Namespace) -> None:
     if unknown or "nat" not in methods:
         raise SystemExit(f"--methods: give nat and any of {', '.join(METHODS[1:])} (unknown: {unknown})")
     out = Path(args.out)
+    done = _finished(out) if args.resume else {}
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     first_log: list[dict[str, Any]] = []
     for seed in range(args.seeds):
@@ -111,6 +140,13 @@ def ablation(args: argparse.Namespace) -> None:
             overrides = [f"input_arch={args.input_arch}", *args.search_override]
             if RUNS[method] is not None:
                 overrides += [f"{k}={v}" for k, v in RUNS[method](nat_dir).items()]
+            key = _key(method, seed, args.preset, overrides, args.dataset, args.subset)
+            if key in done and (run_dir / "arch.json").is_file():
+                rows[method].append(done[key])
+                print(f"seed {seed} {method:8s} reused from {out / 'records.jsonl'} (--resume)", flush=True)
+                if seed == 0 and method == "nat":
+                    first_log = _search_log(run_dir)
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
             result, arch = run_search("nat", task, out=run_dir, preset=args.preset, overrides=overrides,
                                       overwrite=True, progress=False)
@@ -136,10 +172,10 @@ def ablation(args: argparse.Namespace) -> None:
                   f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
                   f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
             if seed == 0 and method == "nat":
-                lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-                first_log = [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
+                first_log = _search_log(run_dir)
             append_line(out / "records.jsonl", json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
-                                                           "overrides": overrides, "device": device_name(device)}))
+                                                           "overrides": overrides, "dataset": args.dataset,
+                                                           "subset": args.subset, "device": device_name(device)}))
     report(args, rows, first_log, ds.num_classes, device)
 
 
@@ -256,6 +292,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="nat and any of random, max-gcn, lstm")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="runs/bench_nat")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows of OUT/records.jsonl made with the same settings (a killed ablation goes on)")
     ap.add_argument("--limit-min", type=float, default=10.0, help="target wall time of one NAT search")
     ap.add_argument("-s", "--search-override", action="append", default=[], metavar="KEY=VALUE",
                     help="NAT config override for every search (repeatable), e.g. -s epochs=1")
