@@ -52,7 +52,7 @@ WORKER = textwrap.dedent('''
     dist.cleanup()
 ''')
 
-# per method: overrides that make the tiny preset a few steps long at a given per-rank batch
+# per method: overrides that make the tiny preset a few steps long at a given (global) batch
 SHORT = {
     "ista-nas": lambda b: {"epochs": 2, "batch_size": b},
     "tas": lambda b: {"epochs": 2, "batch_size": b},
@@ -67,7 +67,7 @@ def run(method: str, procs: int, global_batch: int, n_train: int, tmp: Path, arg
     out.mkdir(parents=True, exist_ok=True)
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    overrides = SHORT[method](global_batch // procs)
+    overrides = SHORT[method](global_batch)  # every method's batch_size is the global batch (ctx.per_rank_batch)
     threads = max(1, args_threads // procs)  # the same cores either way
     cmd = [sys.executable, str(script), method, json.dumps(overrides), str(out), str(n_train), str(threads)]
     if procs > 1:

@@ -154,7 +154,7 @@ def test_ddp_run_killed_after_an_epoch_resumes_exactly(tmp_path) -> None:
 CONTEXT_SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from nas_common import SearchContext, dist, get_dataset
-    from nas_common.errors import BudgetError
+    from nas_common.errors import BudgetError, ConfigError
     ctx = SearchContext("cpu")
     r = ctx.rank
     out = {"world": ctx.world_size, "distributed": ctx.distributed}
@@ -172,6 +172,11 @@ CONTEXT_SCRIPT = textwrap.dedent('''
         out["raised"] = str(e)
     t = torch.full((2,), float(r))
     out["broadcast"] = ctx.broadcast_(t).tolist()
+    out["per_rank"] = ctx.per_rank_batch(64)
+    try:
+        ctx.per_rank_batch(7, "one_stage.batch_size")
+    except ConfigError as e:
+        out["odd_batch"] = str(e)
     split = get_dataset("cifar10-mini").subset(8, 4).train
     loader = ctx.loader(split, 2, train=False)
     out["labels"] = torch.cat([y for _, y in loader]).tolist()
@@ -193,6 +198,19 @@ def test_search_context_under_torchrun(tmp_path) -> None:
     assert r0["decided"] == r1["decided"] == {"support": [0, 7], "note": "from rank 0"}
     assert r0["raised"] == r1["raised"] == "found on rank 0"  # rank 0's refusal reaches every rank
     assert r0["broadcast"] == r1["broadcast"] == [0.0, 0.0]
+    assert r0["per_rank"] == r1["per_rank"] == 32  # batch_size is the global batch
+    assert "one_stage.batch_size=7 does not split over the 2 ranks" in r0["odd_batch"] == r1["odd_batch"]
     labels = get_dataset("cifar10-mini").subset(8, 4).train.y.tolist()
     assert sorted(r0["labels"] + r1["labels"]) == sorted(labels) and len(r0["labels"]) == 4  # disjoint shards
     assert r0["wrapped"] == "DistributedDataParallel"
+
+
+def test_a_method_batch_is_the_global_batch_in_one_process() -> None:
+    """In one process the per-rank share is the whole batch; a batch below one is refused by name."""
+    from nas_common.context import SearchContext
+    from nas_common.errors import ConfigError
+
+    ctx = SearchContext("cpu")
+    assert ctx.per_rank_batch(64) == 64 and ctx.per_rank_batch(7, "one_stage.batch_size") == 7
+    with pytest.raises(ConfigError, match="batch_size=0 does not split"):
+        ctx.per_rank_batch(0)

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_common import dist
 from nas_common.arch import Arch
 from nas_common.config import Config, config_to_dict
 from nas_common.context import SearchContext
@@ -78,7 +77,7 @@ class BSNConfig(Config):
     cnf_layers: int = 8                 # B-CNF layers (the official README's fabric)
     cnf_channels: int = 45              # B-CNF channels: the full fabric is then 406M FLOPs, the paper's CNF
     epochs: int = 300
-    batch_size: int = 64                # per rank under torchrun
+    batch_size: int = 64                # global: split over the ranks under torchrun
     lr: float = 0.1
     lr_milestones: tuple[int, ...] = (150, 225)  # lr *= gamma after these epochs (0-based, as the official code)
     lr_gamma: float = 0.1
@@ -356,10 +355,11 @@ class BSNSearch(SearchMethod):
         super().check(task, config)
         graph = supernet_graph(task, config)
         train_split, _ = data_splits(task, config)
-        ranks = dist.world_size()
-        per_rank = len(train_split) // ranks
-        if per_rank < config.batch_size:
-            where = f" per rank ({ranks} ranks)" if ranks > 1 else ""
+        ctx = task.context
+        batch = ctx.per_rank_batch(config.batch_size)  # the global batch: refused unless the ranks share it
+        per_rank = len(train_split) // ctx.world_size
+        if per_rank < batch:
+            where = f" per rank ({ctx.world_size} ranks, {batch} images each a step)" if ctx.distributed else ""
             raise ConfigError(f"batch_size={config.batch_size} exceeds the {per_rank} training images{where} (after "
                               f"holding out val_size={config.val_size}): lower -o batch_size or -o val_size")
         check_budgets(graph, budgets_of(task, config), distributed_workers(task.budget))
@@ -372,7 +372,8 @@ class BSNSearch(SearchMethod):
         step = SearchStep.build(task, config, ctx)
         graph, model, net, logits, opt_w, opt_g = step.graph, step.model, step.net, step.logits, step.opt_w, step.opt_g
         budgets, floors, k = step.budgets, step.floors, step.k
-        loader = ctx.loader(train_split, config.batch_size, train=True, augment=config.augment, seed=task.seed)
+        loader = ctx.loader(train_split, ctx.per_rank_batch(config.batch_size), train=True, augment=config.augment,
+                            seed=task.seed)  # batch_size is the global batch
         held_out = val_split.fingerprint() if val_split is not None else None
         history: list[dict[str, Any]] = []
         start = 0

@@ -99,14 +99,6 @@ def _adam(b: torch.Tensor, lr: float, betas: tuple[float, float], weight_decay: 
     return torch.optim.Adam([b], lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
 
 
-def _per_rank(batch: int, ctx: SearchContext, key: str) -> int:
-    if batch % ctx.world_size:
-        raise ConfigError(f"{key}={batch} does not split over the {ctx.world_size} ranks of this run: it is the "
-                          f"global batch (each rank reads {key}/{ctx.world_size}); use a multiple of "
-                          f"{ctx.world_size}")
-    return batch // ctx.world_size
-
-
 class ISTASearch(SearchMethod):
     """ISTA-NAS: NAS as sparse coding (two-stage and one-stage). See the module docstring."""
 
@@ -127,12 +119,12 @@ class ISTASearch(SearchMethod):
         ctx = task.context
         ds = task.dataset
         if config.mode == "two-stage":
-            batch = _per_rank(config.batch_size, ctx, "batch_size")
+            batch = ctx.per_rank_batch(config.batch_size, "batch_size")
             parts = zip(("training", "validation"), ds.train.split(config.train_fraction, seed=task.seed),
                         strict=True)
             key = "batch_size"
         else:
-            batch = _per_rank(config.one_stage.batch_size, ctx, "one_stage.batch_size")
+            batch = ctx.per_rank_batch(config.one_stage.batch_size, "one_stage.batch_size")
             parts = [("training", ds.train)]
             key = "one_stage.batch_size"
         for what, part in parts:
@@ -340,7 +332,7 @@ class ISTASearch(SearchMethod):
         # and the last 25k CIFAR images); the ranking hook checks it reads the same halves
         train_split, valid_split = task.dataset.train.split(config.train_fraction, seed=task.seed)
         halves = {"train": train_split.fingerprint(), "valid": valid_split.fingerprint()}
-        batch = _per_rank(config.batch_size, ctx, "batch_size")
+        batch = ctx.per_rank_batch(config.batch_size, "batch_size")
         cl = config.channels_last
         train = ctx.loader(train_split, batch, train=True, seed=task.seed, channels_last=cl)
         valid = ctx.loader(valid_split, batch, train=True, seed=task.seed + 1, channels_last=cl)
@@ -412,7 +404,7 @@ class ISTASearch(SearchMethod):
         # stepped only in the train phase, as the official code: the search phase runs at the constant lr
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, max(oc.epochs, 1), eta_min=oc.lr_min)
         b_opt = _adam(code.b, oc.arch_lr, (config.arch_beta1, config.arch_beta2), oc.arch_weight_decay)
-        loader = ctx.loader(task.dataset.train, _per_rank(oc.batch_size, ctx, "one_stage.batch_size"), train=True,
+        loader = ctx.loader(task.dataset.train, ctx.per_rank_batch(oc.batch_size, "one_stage.batch_size"), train=True,
                             seed=task.seed, cutout=oc.cutout, channels_last=config.channels_last)
         frozen = torch.zeros(2, config.steps, dtype=torch.bool, device=device)
         phase, train_start, start = "search", 0, 0

@@ -30,7 +30,7 @@ from .dist import (
     world_size,
     wrap,
 )
-from .errors import NASError
+from .errors import ConfigError, NASError
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ class SearchContext:
 
         ctx = task.context
         net = ctx.wrap(supernet)                        # DDP under torchrun, the module itself otherwise
-        loader = ctx.loader(split, 64, train=True, seed=task.seed)   # each rank reads its shard
+        loader = ctx.loader(split, ctx.per_rank_batch(64), train=True, seed=task.seed)  # its shard
         for x, y in loader:
             with ctx.step():                            # one search step: no host sync in here
                 ...; loss.backward()                    # DDP averages the weights' gradients
@@ -106,8 +106,20 @@ class SearchContext:
     def unwrap(module: nn.Module) -> nn.Module:
         return unwrap(module)
 
+    def per_rank_batch(self, batch_size: int, key: str = "batch_size") -> int:
+        """This rank's share of a global batch. A method's `batch_size` is the global batch, as the
+        Trainer's is: a search reads the same images per step whatever the number of processes, so the
+        paper's batch means the same under torchrun. A batch the ranks cannot share equally is refused
+        (ConfigError naming `key`, the config field to change); call it from `check()` to refuse early."""
+        n = self.world_size
+        if batch_size < 1 or batch_size % n:
+            raise ConfigError(f"{key}={batch_size} does not split over the {n} ranks of this run: it is the global "
+                              f"batch (each rank reads {key}/{n}); use a positive multiple of {n}")
+        return batch_size // n
+
     def loader(self, split: Any, batch_size: int, **kwargs: Any) -> Any:
-        """`make_loader` on this device, sharded by rank when several run (`batch_size` per rank)."""
+        """`make_loader` on this device, sharded by rank when several run. `batch_size` is what each rank
+        reads: pass `per_rank_batch(config.batch_size)`."""
         kwargs.setdefault("distributed", self.distributed)
         return make_loader(split, batch_size, device=self.device, **kwargs)
 

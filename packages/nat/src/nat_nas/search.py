@@ -93,7 +93,7 @@ class NATConfig(Config):
     layers: int = 8
     ops: tuple[str, ...] = FULLY_CONCAT_OPS
     epochs: int = 100
-    batch_size: int = 64  # per rank under torchrun
+    batch_size: int = 64  # global: split over the ranks under torchrun
     lr: float = 0.01
     lr_min: float = 0.01  # the official cosine schedule ends at its start value: constant in effect
     momentum: float = 0.9
@@ -372,10 +372,11 @@ class NATSearch(SearchMethod):
         if self._trainable(config.policy_type) and config.warmup_epochs >= config.epochs:
             raise ConfigError(f"warmup_epochs={config.warmup_epochs} >= epochs={config.epochs}: the policy would "
                               f"never train; lower warmup_epochs (or set policy_type=random)")
-        ranks = task.context.world_size
+        ctx = task.context
+        ranks, batch = ctx.world_size, ctx.per_rank_batch(config.batch_size)  # the global batch, split
         for what, split in zip(("weight", "policy"), self._splits(task, config), strict=True):
-            if len(split) // ranks < config.batch_size:
-                per_rank = f" ({len(split) // ranks} per rank)" if ranks > 1 else ""
+            if len(split) // ranks < batch:
+                per_rank = f" ({len(split) // ranks} per rank, {batch} a step)" if ranks > 1 else ""
                 raise ConfigError(f"the {what} part of the training split holds {len(split)} images{per_rank}, "
                                   f"fewer than batch_size={config.batch_size}: lower batch_size or use more data")
 
@@ -692,8 +693,9 @@ class NATSearch(SearchMethod):
             b_gen.set_state(ex["b_gen"])
             p_gen.set_state(ex["p_gen"])
             init_probs, metrics, start = ex["init_probs"], dict(ex.get("metrics") or {}), got.epoch
-        w_loader = ctx.loader(w_split, config.batch_size, train=True, augment=config.augment, seed=task.seed)
-        p_loader = ctx.loader(p_split, config.batch_size, train=True, augment=False, seed=task.seed + 1)
+        batch = ctx.per_rank_batch(config.batch_size)  # batch_size is the global batch
+        w_loader = ctx.loader(w_split, batch, train=True, augment=config.augment, seed=task.seed)
+        p_loader = ctx.loader(p_split, batch, train=True, augment=False, seed=task.seed + 1)
         choice = input_masks.sum(-1) > 1  # edges of the input with a choice
         heldout = p_split.fingerprint()
         for epoch in range(start, config.epochs):

@@ -206,11 +206,6 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.opti
     return ce.detach() * y.shape[0], (logits.detach().argmax(1) == y).sum()
 
 
-def _per_rank_batch(batch_size: int, ctx: SearchContext) -> int:
-    """The per-rank share of the global batch (check() refuses one that does not divide)."""
-    return max(1, batch_size // ctx.world_size)
-
-
 def finetune(model: nn.Module, train: Split, config: PosteriorConfig, task: Task, epochs: int | None = None,
              run: Run | None = None, ctx: SearchContext | None = None) -> nn.Module:
     """Fine-tune a sub-network with inherited weights on the training part: CE only, SGD with the search's
@@ -225,7 +220,7 @@ def finetune(model: nn.Module, train: Split, config: PosteriorConfig, task: Task
                           nesterov=bool(config.nesterov), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
     ddp = ctx.wrap(model, find_unused_parameters=False)  # a pruned network uses every parameter
-    loader = ctx.loader(train, _per_rank_batch(config.batch_size, ctx), train=True, cutout=config.cutout,
+    loader = ctx.loader(train, ctx.per_rank_batch(config.batch_size), train=True, cutout=config.cutout,
                         seed=task.seed + 1, drop_last=len(train) >= config.batch_size)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -339,7 +334,7 @@ class PosteriorSearch(SearchMethod):
         # outside the forward, and DDP averages the sum of both gradients
         model = ctx.wrap(net, find_unused_parameters=False)
         # a training split smaller than one batch (micro runs) still trains: keep its last, partial batch
-        loader = ctx.loader(train_split, _per_rank_batch(config.batch_size, ctx), train=True, cutout=config.cutout,
+        loader = ctx.loader(train_split, ctx.per_rank_batch(config.batch_size), train=True, cutout=config.cutout,
                             seed=task.seed, drop_last=len(train_split) >= config.batch_size)
         reg = Regulariser(gates, config.l2, config.N, config.regulariser)
         t0 = time.time()

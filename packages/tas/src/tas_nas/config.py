@@ -46,7 +46,7 @@ class TASConfig(Config):
     sampled_widths: int = 2  # K: widths drawn and mixed per conv in every forward
     epochs: int = 600
     warmup_epochs: int = 0  # linear warm-up of the weights' learning rate (per epoch), before the cosine
-    batch_size: int = 256  # train images per weight step; as many validation images per arch step
+    batch_size: int = 256  # global (split over ranks): train images per weight step, validation images per arch step
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = True

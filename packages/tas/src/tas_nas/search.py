@@ -13,7 +13,7 @@ cheapest network the search can derive, before anything is written.
 
 Under torchrun (`task.context`): the searchable network is wrapped in DDP for the weight step, the
 architecture step differentiates the unwrapped network and averages the logits' gradients over ranks,
-each step's Gumbel noise is rank 0's, and the loaders are sharded (`batch_size` per rank), so every
+each step's Gumbel noise is rank 0's, and the loaders are sharded (`batch_size` is the global batch), so every
 rank ends with the same logits and derives the same network.
 
 Derive: the argmax width per conv and depth per stage (a "resnet"-space Arch), when that net lies in
@@ -89,14 +89,16 @@ class TASSearch(SearchMethod):
         run and end over budget); a `batch_size` that the weight or architecture half of the training
         set cannot fill on every rank (a step needs a full batch from each)."""
         super().check(task, config)
-        ws = task.context.world_size
+        ctx = task.context
+        batch = ctx.per_rank_batch(config.batch_size)  # the global batch: refused unless the ranks share it
         train_half, valid_half = _halves(task)
-        per_rank = min(len(train_half), len(valid_half)) // ws
-        ranks = f" per rank ({ws} ranks)" if ws > 1 else ""
-        if per_rank < config.batch_size:
+        per_rank = min(len(train_half), len(valid_half)) // ctx.world_size
+        ranks = f" per rank ({ctx.world_size} ranks, {batch} images each a step)" if ctx.distributed else ""
+        if per_rank < batch:
+            fit = per_rank * ctx.world_size
             raise ConfigError(f"batch_size={config.batch_size} is more than the {per_rank} images{ranks} of each "
                               f"half of {task.dataset.name}'s training set (TAS takes its weight and architecture "
-                              f"steps on a 50/50 per-class split of it): use -o batch_size={max(1, per_rank)} or "
+                              f"steps on a 50/50 per-class split of it): use -o batch_size={max(1, fit)} or "
                               f"less, or more training images")
         base, lowest = reachable_macs(config, task)
         target, _ = _flop_target(config, task.budget.macs, base)
@@ -127,9 +129,9 @@ class TASSearch(SearchMethod):
 
         train_half, valid_half = _halves(task)
         held_out = valid_half.fingerprint()  # the ranking hook scores on this half: it checks it is the same
-        train_loader = ctx.loader(train_half, config.batch_size, train=True, augment=config.augment, seed=task.seed)
-        valid_loader = ctx.loader(valid_half, config.batch_size, train=True, augment=config.augment,
-                                  seed=task.seed + 1)
+        batch = ctx.per_rank_batch(config.batch_size)  # batch_size is the global batch
+        train_loader = ctx.loader(train_half, batch, train=True, augment=config.augment, seed=task.seed)
+        valid_loader = ctx.loader(valid_half, batch, train=True, augment=config.augment, seed=task.seed + 1)
         steps = min(len(train_loader), len(valid_loader))
         if config.max_steps_per_epoch:
             steps = min(steps, config.max_steps_per_epoch)
