@@ -16,6 +16,7 @@ CI checks what a GPU would stall on. `SpaceTests` runs over every registered spa
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -32,6 +33,7 @@ import torch
 
 from .arch import Arch, load_arch, save_arch
 from .config import list_presets
+from .context import STEP_OBSERVERS
 from .costs import count_macs, count_params, list_costs
 from .data import get_dataset, make_loader
 from .errors import BudgetError
@@ -202,6 +204,16 @@ class SearchMethodTests:
         states, archs = result["rank_state_digests"], result["rank_arch_digests"]
         assert len(states) == 2 and len(set(states)) == 1, f"the ranks' architecture parameters differ: {states}"
         assert archs == [load_arch(out / "arch.json").digest] * 2, f"the ranks derived different archs: {archs}"
+        # batch_size is the global batch (ctx.per_rank_batch): two ranks take as many steps as one process
+        ranks = [json.loads((out / f".steps.rank{r}.json").read_text())["steps"] for r in (0, 1)]
+        steps: list[int] = []
+        task = Task(get_dataset("cifar10-mini").subset(self.n_train, self.n_test), device=torch.device("cpu"), seed=0)
+        with STEP_OBSERVERS.observe(lambda: steps.append(1) or contextlib.nullcontext()):
+            run_search(self.method, task, out=tmp_path / "one", preset=self.preset, overrides=dict(self.micro),
+                       progress=False)
+        assert ranks == [len(steps)] * 2, (
+            f"{self.method} took {ranks} marked steps on 2 ranks but {len(steps)} in one process at the same "
+            f"batch_size: batch_size must be the global batch (read ctx.per_rank_batch(config.batch_size))")
 
     def test_not_pinned_to_a_device(self) -> None:
         module = inspect.getmodule(get_method(self.method))
@@ -241,8 +253,13 @@ _TORCHRUN_SCRIPT = textwrap.dedent('''
     n_train, n_test = int(sys.argv[5]), int(sys.argv[6])
     torch.set_num_threads(1)
     task = Task(get_dataset("cifar10-mini").subset(n_train, n_test), device=torch.device("cpu"), seed=0)
-    run_search(method, task, out=out, preset=preset, overrides=micro, progress=False)
     from nas_common import dist
+    from nas_common.context import STEP_OBSERVERS
+    import contextlib
+    steps = []
+    with STEP_OBSERVERS.observe(lambda: steps.append(1) or contextlib.nullcontext()):
+        run_search(method, task, out=out, preset=preset, overrides=micro, progress=False)
+    json.dump({"steps": len(steps)}, open(f"{out}/.steps.rank{dist.rank()}.json", "w"))
     dist.barrier()
     dist.cleanup()
 ''')
