@@ -265,6 +265,17 @@ def front(fracs: list[float], seeds: list[int], search_preset: str, search_epoch
                 print(f"  {frac:.0%} seed {seed} {name}: {a.costs['macs'] / 1e6:.2f}M MACs, "
                       f"test {row['test_acc']:.3f} ({(time.time() - t_start) / 60:.1f} min)", flush=True)
 
+    header = (f"cifar10-mini{f' (first {n_train} training images)' if n_train else ''}, search preset "
+              f"`{search_preset}`{f' ({search_epochs} epochs)' if search_epochs else ''}, retrained with "
+              f"`{train_preset}`{f' ({train_epochs} epochs)' if train_epochs else ''}, {device}")
+    report_front(rows, r20, out, header)
+    print(f"\nrows: {log}; plot: {out / 'front.png'}; total {(time.time() - t_start) / 60:.1f} min")
+
+
+
+def report_front(rows: list[dict[str, Any]], r20: float, out: Path, header: str) -> None:
+    """The front's tables (per budget and network: MACs, within budget, test accuracy mean ± std; BSN
+    minus each baseline paired by seed, with a 95% t interval when scipy is installed) and front.png."""
     def ms(xs: list[float]) -> str:
         m = statistics.mean(xs)
         s = statistics.stdev(xs) if len(xs) > 1 else float("nan")
@@ -281,14 +292,35 @@ def front(fracs: list[float], seeds: list[int], search_preset: str, search_epoch
                       f"{statistics.mean(r['params'] for r in rs) / 1e6:.3f}M",
                       f"{sum(r['within_budget'] for r in rs)}/{len(rs)}",
                       ms([r["test_acc"] for r in rs]), ms(inherited) if inherited else "-"])
-    print(f"\n### accuracy-cost front, cifar10-mini{f' (first {n_train} training images)' if n_train else ''}, "
-          f"search preset `{search_preset}`{f' ({search_epochs} epochs)' if search_epochs else ''}, "
-          f"retrained with `{train_preset}`{f' ({train_epochs} epochs)' if train_epochs else ''}, {device}\n")
+    print(f"\n### accuracy-cost front, {header}\n")
     print(markdown_table(["budget (of ResNet-20's MACs)", "network", "MACs (mean)", "params (mean)", "within budget",
                           "test acc % (mean ± std)", "BSN inherited weights %"], table))
+    try:
+        from scipy import stats
+    except ImportError:
+        stats = None
+    paired = []
+    for frac in sorted({f for f, _ in groups}):
+        bsn = {r["seed"]: r["test_acc"] for r in groups.get((frac, "BSN (ResCNF), retrained"), [])}
+        for name in ("ResNet-20 by width", "ResNet-20 by depth"):
+            base = {r["seed"]: r["test_acc"] for r in groups.get((frac, name), [])}
+            seeds = sorted(bsn.keys() & base.keys())
+            d = [100 * (bsn[s] - base[s]) for s in seeds]
+            if not d:
+                continue
+            m = statistics.mean(d)
+            if stats is not None and len(d) > 1 and statistics.stdev(d) > 0:
+                lo, hi = stats.t.interval(0.95, len(d) - 1, loc=m, scale=statistics.stdev(d) / math.sqrt(len(d)))
+                ci = f"[{lo:+.2f}, {hi:+.2f}]"
+            else:
+                ci = "-" if stats is not None else "(pip install scipy)"
+            paired.append([f"{frac:.0%}", f"BSN − {name}", len(d), f"{m:+.2f}", ci,
+                           f"{sum(x > 0 for x in d)}/{len(d)}"])
+    if paired:
+        print("\n### BSN minus each baseline, paired by seed (test accuracy points; one test image = "
+              f"{100 / 500:.1f} points)\n")
+        print(markdown_table(["budget", "difference", "seeds", "mean", "95% t interval", "BSN ahead"], paired))
     _plot(groups, r20, out / "front.png")
-    print(f"\nrows: {log}; plot: {out / 'front.png'}; total {(time.time() - t_start) / 60:.1f} min")
-
 
 def _plot(groups: dict[tuple[float, str], list[dict[str, Any]]], r20: float, path: Path) -> None:
     import matplotlib
@@ -336,9 +368,19 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=None, help="front part: use the first N training images")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="run directory (tiny) or output folder (front; default: a temp dir)")
+    ap.add_argument("--report", default=None, metavar="DIR",
+                    help="front part: only print the tables and plot of a finished front (DIR/front.jsonl)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.report:
+        log = Path(args.report) / "front.jsonl"
+        if not log.is_file():
+            raise SystemExit(f"--report {args.report}: no front.jsonl there (run --part front --out DIR first)")
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        r20 = count_macs(get_arch("resnet20").build(), (3, 32, 32))
+        report_front(rows, r20, Path(args.report), f"cifar10-mini, rows of {log}")
+        return
     if args.part in ("speed", "all"):
         speed(args.speed_net, args.batch, args.reps, args.device)
     if args.part in ("distributed", "all"):
