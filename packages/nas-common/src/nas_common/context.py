@@ -113,8 +113,10 @@ class SearchContext:
         (ConfigError naming `key`, the config field to change); call it from `check()` to refuse early."""
         n = self.world_size
         if batch_size < 1 or batch_size % n:
+            fit = max(batch_size // n, 1) * n
             raise ConfigError(f"{key}={batch_size} does not split over the {n} ranks of this run: it is the global "
-                              f"batch (each rank reads {key}/{n}); use a positive multiple of {n}")
+                              f"batch (each rank reads {key}/{n}); use a positive multiple of {n} "
+                              f"(e.g. -o {key}={fit})")
         return batch_size // n
 
     def loader(self, split: Any, batch_size: int, **kwargs: Any) -> Any:

@@ -280,11 +280,8 @@ class PosteriorSearch(SearchMethod):
         cfg = config.resolve(task)
         space = get_supnet_space(cfg.space)
         net_cfg = supernet_net(cfg, task)
-        world = dist.world_size()
-        if cfg.batch_size % world:
-            fit = cfg.batch_size // world * world or world
-            raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must divide by the {world} "
-                              f"ranks: use a multiple of {world} (e.g. -o batch_size={fit})")
+        world = task.context.world_size
+        task.context.per_rank_batch(cfg.batch_size)  # the global batch: refused unless the ranks share it
         n = len(task.dataset.train)
         n_train = int(n * (1.0 - cfg.val_fraction))
         if n_train == 0 or n_train == n:
