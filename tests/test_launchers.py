@@ -84,3 +84,46 @@ def test_submitit_launcher_runs_jobs(tmp_path: Path, fake_env: None) -> None:
     SubmititLauncher(tmp_path, executor="local").run(fake_jobs(tmp_path),
                                                       lambda job, res: results.__setitem__(job["key"], res))
     check(results)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_terminated_local_launcher_stops_its_running_jobs(tmp_path: Path) -> None:
+    """SIGTERM to the harness (kill, timeout, a scheduler) must not leave its jobs computing on: the
+    launcher stops them and exits, and no process of its group is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = {**fake_jobs(tmp_path)[0], "overrides": {"sleep_s": "120"}}
+    script = (
+        "import json, sys\n"
+        "from tools.bench.launchers import LocalLauncher\n"
+        "LocalLauncher(1).run([json.loads(sys.argv[1])], lambda j, r: None)\n"
+    )
+    env = {**os.environ, "NAS_EXTRA_METHODS": "fake=tools.bench.fake:FakeSearch",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.Popen([sys.executable, "-c", script, __import__("json").dumps(job)], cwd=ROOT, env=env,
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not Path(job["out"]).exists() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.2)
+        time.sleep(1.0)  # the job is running (its run directory exists)
+        assert p.poll() is None, p.communicate()[0]
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=30)
+        deadline = time.time() + 30
+        while _group_alive(p.pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _group_alive(p.pid), "a job process outlived the terminated launcher"
+    finally:
+        if _group_alive(p.pid):
+            os.killpg(p.pid, signal.SIGKILL)

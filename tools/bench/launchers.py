@@ -14,12 +14,15 @@ What a job gets is a `Resources` value, read from the command line by `add_launc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,20 +117,51 @@ class LocalLauncher:
             self.ctx.set_forkserver_preload(preload_modules())
 
     def run(self, jobs: Sequence[dict[str, Any]], on_done: Done) -> None:
+        """Run `jobs`, `self.jobs` at a time. Stopped (Ctrl-C, or SIGTERM from `kill`, `timeout` or a
+        scheduler), it stops its running jobs before it returns: a killed harness leaves no job computing
+        on, and a resumed run redoes only the jobs that were cut."""
         pending = list(jobs)
         running: list[tuple[Any, dict[str, Any]]] = []
-        while pending or running:
-            while pending and len(running) < self.jobs:
-                job = pending.pop(0)
-                p = self.ctx.Process(target=_child, args=(job,), name=f"job-{job['key']}")
-                p.start()
-                running.append((p, job))
-            for p, job in list(running):
-                if not p.is_alive():
-                    p.join()
-                    running.remove((p, job))
-                    on_done(job, _crash(job, p.exitcode))
-            time.sleep(0.05)
+        with _sigterm_as_exit():
+            try:
+                while pending or running:
+                    while pending and len(running) < self.jobs:
+                        job = pending.pop(0)
+                        p = self.ctx.Process(target=_child, args=(job,), name=f"job-{job['key']}")
+                        p.start()
+                        running.append((p, job))
+                    for p, job in list(running):
+                        if not p.is_alive():
+                            p.join()
+                            running.remove((p, job))
+                            on_done(job, _crash(job, p.exitcode))
+                    time.sleep(0.05)
+            finally:
+                for p, _ in running:
+                    if p.is_alive():
+                        p.terminate()
+                for p, _ in running:
+                    p.join(timeout=10)
+                    if p.is_alive():
+                        p.kill()
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread (as Ctrl-C raises KeyboardInterrupt), so that
+    `finally` blocks run; elsewhere (a thread cannot set handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _subprocess_job(job: dict[str, Any]) -> dict[str, Any]:

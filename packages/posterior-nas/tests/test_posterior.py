@@ -232,6 +232,29 @@ def test_scoring_folds_masks_without_changing_scores() -> None:
         assert float(acc) == pytest.approx(float(acc_one[i]))
 
 
+@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
+def test_scoring_runs_the_stem_once_per_image_with_the_same_scores(name: str) -> None:
+    _, _, sup = _micro_supernet(name)
+    _randomise_bn(sup)
+    g = torch.Generator().manual_seed(0)
+    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), 7, g)
+    size = sup.plan.input[1]
+    x = torch.randn(10, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (10,), generator=g)
+    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    seen: list[int] = []
+    hook = sup.stem.register_forward_hook(lambda m, i, o: seen.append(int(i[0].shape[0])))
+    try:
+        cached = score_masks(sup, masks, batches, fold=5)
+        assert sum(seen) == 10  # each image once, not once per mask
+        seen.clear()
+        plain = score_masks(sup, masks, batches, fold=5, stem_cache_bytes=0)
+        assert sum(seen) == 10 * len(masks)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(cached, plain, rtol=0, atol=0)
+
+
 def test_best_index_prefers_accuracy_then_loss() -> None:
     acc = torch.tensor([0.5, 0.7, 0.7, 0.1])
     loss = torch.tensor([0.1, 0.9, 0.8, 0.0])

@@ -7,7 +7,7 @@ masks into one batch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -77,9 +77,13 @@ def draw_masks(plan: Plan, rates: torch.Tensor, n: int, generator: torch.Generat
     return Draw(masks, drawn)
 
 
+STEM_CACHE_BYTES = 1 << 30
+"""The most memory `score_masks` spends on keeping the stem's output of the scoring images."""
+
+
 @torch.no_grad()
 def score_masks(net: SupNet, masks: torch.Tensor, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                fold: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+                fold: int = 1000, stem_cache_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean cross-entropy (each (M,), float64, on the CPU) of the supernet under each hard
     mask, on `batches`, through `nas_common.oneshot.score_candidates`.
 
@@ -88,6 +92,11 @@ def score_masks(net: SupNet, masks: torch.Tensor, batches: Iterable[tuple[torch.
     re-estimation). Masks are folded into the batch: with image batches of b images, max(1, fold // b)
     masks share one forward pass (one mask alone zeroes the weights' input slices instead). The sums
     stay on the device and are read once, at the end.
+
+    The stem holds no architecture variable, so when `batches` is a list (already in memory) whose stem
+    output fits in `stem_cache_bytes` (default `STEM_CACHE_BYTES`), the stem runs once per image instead of
+    once per mask and image (the same numbers: the same operations on the same inputs; 0 turns the cache
+    off).
     """
     M = masks.shape[0]
     empty = torch.zeros(M, dtype=torch.float64)
@@ -97,10 +106,19 @@ def score_masks(net: SupNet, masks: torch.Tensor, batches: Iterable[tuple[torch.
     if first is None:
         return empty, empty.clone()
     per = max(1, fold // int(first[1].shape[0]))
+    net.eval()
+    run: Callable[[torch.Tensor], torch.Tensor] = net  # through __call__: hooks see the images
+    cap = STEM_CACHE_BYTES if stem_cache_bytes is None else stem_cache_bytes
+    if isinstance(batches, (list, tuple)) and cap > 0:
+        h0 = net.stem(first[0])
+        images = sum(int(y.shape[0]) for _, y in batches)
+        if h0.element_size() * h0[0].numel() * images <= cap:
+            batches = [(h0, first[1])] + [(net.stem(x), y) for x, y in list(batches)[1:]]
+            run = net.forward_from_stem
 
     def forward(cands: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with net.masked(cands):
-            return net(x.repeat(cands.shape[0], 1, 1, 1))
+            return run(x if cands.shape[0] == 1 else x.repeat(cands.shape[0], 1, 1, 1))
 
     scores = torch.tensor(score_candidates(masks, forward, batches, model=net, group=per), dtype=torch.float64)
     return scores[:, 0].contiguous(), scores[:, 1].contiguous()

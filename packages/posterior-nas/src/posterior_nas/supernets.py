@@ -238,12 +238,16 @@ class SupNet(nn.Module):
         return torch.stack([g.p for g in self._gates.values()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        return self.forward_from_stem(self.stem(x))
+
+    def forward_from_stem(self, h: torch.Tensor) -> torch.Tensor:
+        """The logits from the stem's output: the stem carries no architecture variable, so scoring many
+        masks on the same images can compute it once (`score_masks`)."""
         for block in self.blocks:
-            x = block(x)
+            h = block(h)
         if self.final_relu:
-            x = F.relu(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+            h = F.relu(h)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
     @contextmanager
     def masked(self, masks: torch.Tensor) -> Iterator[None]:
