@@ -289,3 +289,19 @@ def test_tools_bench_has_no_import_cycles() -> None:
 
     cycles = sorted(f"{a} -> {b} -> ... -> {a}" for a in mods for b in graph[a] if reaches(b, a))
     assert not cycles, cycles
+
+
+def test_follow_ups_are_only_those_of_the_methods_and_seeds_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--methods bsn` on results that also hold a nat search must not retrain nat's network (or seeds
+    the run does not name): that waits for a run that names them."""
+    from tools.bench.harness import Harness
+
+    h = Harness("evidence", "/nonexistent/out", methods="bsn,tas", seeds=(0, 1), jobs=2, quiet=True)
+    search = {"phase": "search", "ok": True, "arch": {}, "search_time_s": 1.0, "config": {"out": "x"}}
+    h.rows = [{**search, "method": m, "seed": s, "key": f"search/{m}/s{s}"}
+              for m, s in [("bsn", 0), ("nat", 0), ("tas", 1), ("bsn", 2), ("tas", 0)]]
+    h.rows.append({**search, "ok": False, "method": "bsn", "seed": 1, "key": "search/bsn/s1"})
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(h, "followups_of", lambda m, s, *a: calls.append((m, s)) or [])
+    h.followup_jobs()
+    assert sorted(calls) == [("bsn", 0), ("tas", 0), ("tas", 1)]

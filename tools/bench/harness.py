@@ -172,10 +172,14 @@ class Harness:
         return jobs
 
     def followup_jobs(self) -> list[dict[str, Any]]:
-        """The follow-ups of every finished search (see `followups_of`)."""
+        """The follow-ups of every finished search of this run's methods and seeds (see `followups_of`);
+        searches of other methods or seeds in the same results (an earlier `--methods`) wait for a run
+        that names them."""
         jobs = []
         for r in self.rows:
             if r.get("phase") != "search" or not r.get("ok"):
+                continue
+            if r["method"] not in self.methods or r["seed"] not in self.seeds:
                 continue
             jobs += self.followups_of(r["method"], r["seed"], r["arch"], float(r.get("search_time_s") or 0.0),
                                       str(Path(r["config"]["out"])))
