@@ -305,3 +305,34 @@ def test_follow_ups_are_only_those_of_the_methods_and_seeds_named(monkeypatch: p
     monkeypatch.setattr(h, "followups_of", lambda m, s, *a: calls.append((m, s)) or [])
     h.followup_jobs()
     assert sorted(calls) == [("bsn", 0), ("tas", 0), ("tas", 1)]
+
+
+def test_an_out_holding_another_protocols_rows_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Resuming skips jobs by key: rows of another preset, dataset, budget or preset version in --out would
+    be mixed into this run's table, so the harness refuses, naming both, and writes nothing."""
+    import dataclasses
+
+    from nas_common.errors import ConfigError
+    from tools.bench.harness import Harness, append_row
+    from tools.bench.presets import PRESETS
+
+    smoke = Harness("smoke", tmp_path, methods="bsn", quiet=True)
+    append_row(tmp_path, {"key": "search/bsn/s0", "phase": "search", "ok": True, "preset": "smoke",
+                          "dataset": "cifar10-mini", "run_digest": smoke.digest})
+    before = sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "results.jsonl").read_bytes()
+    assert Harness("smoke", tmp_path, methods="bsn", quiet=True).done == {"search/bsn/s0"}  # same protocol: resumes
+    for kwargs in ({"preset": "micro"}, {"preset": "smoke", "budget_macs": 1e6},
+                   {"preset": "smoke", "dataset": "npz:/elsewhere.npz"},
+                   {"preset": dataclasses.replace(PRESETS["smoke"], random_per_space=3)}):  # the preset resized
+        with pytest.raises(ConfigError, match="another protocol") as e:
+            Harness(kwargs.pop("preset"), tmp_path, methods="bsn", quiet=True, **kwargs)
+        assert "preset 'smoke'" in str(e.value) and "another --out" in str(e.value)
+    assert (sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "results.jsonl").read_bytes()) == before
+    # rows written before digests existed are checked on preset and dataset only
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    append_row(legacy, {"key": "search/bsn/s0", "phase": "search", "ok": True, "preset": "smoke",
+                        "dataset": "cifar10-mini"})
+    assert Harness("smoke", legacy, methods="bsn", quiet=True).done == {"search/bsn/s0"}
+    with pytest.raises(ConfigError, match="another protocol"):
+        Harness("micro", legacy, methods="bsn", quiet=True)

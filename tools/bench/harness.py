@@ -4,7 +4,9 @@ its space, the space's reference network scaled to its MACs, random search at it
 statistics over seeds in one report.
 
 Results are appended to DIR/results.jsonl, one line per job (method x seed x phase); a job whose line is
-already there is skipped, so a killed harness resumes where it stopped. Before any job runs the harness
+already there is skipped, so a killed harness resumes where it stopped. Every row carries the run's digest
+(preset fields, dataset, budgets), and a DIR holding rows of another protocol is refused before anything is
+written, so that no table mixes two protocols. Before any job runs the harness
 checks its own dependencies and prints an estimate of the wall time; after each job, a progress line.
 """
 from __future__ import annotations
@@ -88,12 +90,34 @@ class Harness:
         self.nproc_retrain = max(1, nproc_retrain)
         self.quiet = quiet
         self.rows = read_rows(self.out)
+        self.digest = run_digest(preset, self.dataset, self.budget_macs, self.budget_params)
+        self._refuse_foreign_rows()
         self.done = {r["key"] for r in self.rows}
         self.ran: list[dict[str, Any]] = []
         self.calibrate_from = calibrate_from
         self._planned_total = 0
         self._predicted: dict[str, float] = {}
         self._t0 = time.time()
+
+    def _refuse_foreign_rows(self) -> None:
+        """Refuse (before anything is written) an --out whose rows another protocol made: a different
+        preset, dataset or budget, or another version of this preset (its digest). Resuming there would
+        skip jobs by key and mix rows of two protocols in one table. Rows older than the digest are
+        checked on preset and dataset only."""
+        from nas_common.errors import ConfigError
+
+        foreign = [r for r in self.rows if r.get("preset") != self.preset.name or r.get("dataset") != self.dataset
+                   or (r.get("run_digest") and r["run_digest"] != self.digest)]
+        if not foreign:
+            return
+        r = foreign[0]
+        made = f"preset {r.get('preset')!r} on {r.get('dataset')!r}" + (
+            f", digest {r['run_digest']}" if r.get("run_digest") else "")
+        raise ConfigError(
+            f"{self.out} holds {len(foreign)} result row(s) made by another protocol ({made}; e.g. {r.get('key')}); "
+            f"this run is preset {self.preset.name!r} on {self.dataset!r}, digest {self.digest} (preset fields, "
+            f"dataset and budgets). Resuming would mix the two in one table: give another --out, or rerun with "
+            f"the preset, dataset and budgets that made those rows")
 
     # ---- planning -----------------------------------------------------------------------------------
     def _base(self, kind: str, key: str, seed: int) -> dict[str, Any]:
@@ -299,7 +323,8 @@ class Harness:
         phase = job["key"].split("/")[0]
         row = {"key": job["key"], "phase": phase, "method": job.get("method") or job.get("label"),
                "label": job.get("label") or job.get("method"), "seed": job["seed"], "dataset": job["dataset"],
-               "preset": self.preset.name, **{k: v for k, v in res.items() if k != "traceback"},
+               "preset": self.preset.name, "run_digest": self.digest,
+               **{k: v for k, v in res.items() if k != "traceback"},
                "config": job, "provenance": provenance(res.get("device"), job["seed"]),
                "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         if not res.get("ok") and res.get("traceback"):
@@ -369,6 +394,18 @@ class Harness:
 
         atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         return summary
+
+
+def run_digest(preset: BenchPreset, dataset: str, budget_macs: float | None, budget_params: float | None) -> str:
+    """12 hex digits naming what shapes a run's rows: the preset's fields (not its note, its default seeds
+    or the test level, which change no row), the dataset and the budgets."""
+    import dataclasses
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(preset).items() if k not in ("note", "seeds", "alpha")}
+    blob = json.dumps({"preset": fields, "dataset": dataset, "budget_macs": budget_macs,
+                       "budget_params": budget_params}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _declared_spaces(method: str) -> tuple[str, ...]:
