@@ -18,7 +18,7 @@
    (short training from scratch) of N masks sampled from the posterior.
 
     python packages/posterior-nas/benchmarks/bench_posterior.py [--seeds 0 1 2 3 4] [--jobs 1] [--masks 1000]
-        [--images 500] [--finetune-epochs 10] [--fixed-p match|P] [--kendall 0] [-o KEY=VALUE ...]
+        [--images 500] [--finetune-epochs 10] [--fixed-p match|P] [--kendall 0] [--layout nhwc|nchw] [-o KEY=VALUE ...]
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def bench_baselines(seeds: list[int], out: Path, overrides: dict[str, str], thre
         return [f.result() for f in futures]
 
 
-def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int) -> dict:
+def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int, layout: str = "nhwc") -> dict:
     data = get_dataset(DATA)
     task = Task(data)
     if run_dir is not None and (run_dir / "checkpoints" / "last.pt").exists():
@@ -138,12 +138,13 @@ def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int) 
         source = "untrained"
     held = list(make_loader(data.test.head(n_images), n_images, train=False))
     masks = sample_masks(channel_rates(sup).detach(), n_masks, torch.Generator().manual_seed(0))
-    score_masks(sup, masks[:2], held, fold=fold)  # warm-up
+    cl = layout == "nhwc"
+    score_masks(sup, masks[:2], held, fold=fold, channels_last=cl)  # warm-up
     t0, c0 = time.perf_counter(), time.process_time()
-    acc, _ = score_masks(sup, masks, held, fold=fold)
+    acc, _ = score_masks(sup, masks, held, fold=fold, channels_last=cl)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     macs, _ = sup.plan.costs(torch.ones(1, sup.plan.num_channels, dtype=torch.bool))
-    return {"masks": n_masks, "images": n_images, "fold": fold, "supernet": source, "time_s": dt, "cpu_s": cpu,
+    return {"masks": n_masks, "images": n_images, "fold": fold, "layout": layout, "supernet": source, "time_s": dt, "cpu_s": cpu,
             "masks_per_s": n_masks / dt, "image_evals_per_s": n_masks * n_images / dt,
             "supernet_macs": float(macs[0]), "best_acc": float(acc.max()), "mean_acc": float(acc.mean())}
 
@@ -180,6 +181,8 @@ def main() -> None:
     ap.add_argument("--masks", type=int, default=1000)
     ap.add_argument("--images", type=int, default=500)
     ap.add_argument("--fold", type=int, default=500, help="folded batch (masks x images) when scoring")
+    ap.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
+                    help="memory format of the scoring (score_masks(channels_last=...))")
     ap.add_argument("--finetune-epochs", type=int, default=10, help="the 'w/ FT' columns (0: skip)")
     ap.add_argument("--fixed-p", default="match",
                     help="drop rate of the fixed-dropout baseline: 'match' (the posterior run's mean rate) or a number")
@@ -227,11 +230,11 @@ def main() -> None:
     elif (args.out / "posterior-seed0").exists():
         first_run = args.out / "posterior-seed0"
 
-    s = bench_scoring(first_run, args.masks, args.images, args.fold)  # images: cifar10-mini's test split
+    s = bench_scoring(first_run, args.masks, args.images, args.fold, args.layout)  # images: cifar10-mini's test split
     print(f"## scoring {s['masks']} masks on {s['images']} images (inherited weights, no fine-tuning)\n")
-    print(markdown_table(["supernet", "supernet MACs", "fold", "wall (s)", "CPU (s)", "masks/s", "image-evals/s",
+    print(markdown_table(["supernet", "supernet MACs", "fold", "layout", "wall (s)", "CPU (s)", "masks/s", "image-evals/s",
                           "best acc", "mean acc"],
-                         [[s["supernet"], s["supernet_macs"], s["fold"], s["time_s"], s["cpu_s"], s["masks_per_s"],
+                         [[s["supernet"], s["supernet_macs"], s["fold"], s["layout"], s["time_s"], s["cpu_s"], s["masks_per_s"],
                            s["image_evals_per_s"], s["best_acc"], s["mean_acc"]]]))
     target = 60 * max(1, round(s["masks"] * s["images"] / 500_000))
     print(f"\ntarget < {target} s: {'met' if s['time_s'] < target else 'NOT met'} (wall); CPU time {s['cpu_s']:.0f} s "

@@ -255,6 +255,33 @@ def test_scoring_runs_the_stem_once_per_image_with_the_same_scores(name: str) ->
     torch.testing.assert_close(cached, plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
+def test_scoring_in_channels_last_gives_the_same_scores_and_leaves_the_weights_layout(name: str) -> None:
+    _, _, sup = _micro_supernet(name)
+    _randomise_bn(sup)
+    g = torch.Generator().manual_seed(1)
+    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), 6, g)
+    size = sup.plan.input[1]
+    x = torch.randn(12, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (12,), generator=g)
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    seen: list[bool] = []
+    hook = sup.blocks[0].register_forward_pre_hook(
+        lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        nhwc = score_masks(sup, masks, batches, fold=6)
+        assert seen and all(seen)  # the blocks really ran in NHWC
+        seen.clear()
+        nchw = score_masks(sup, masks, batches, fold=6, channels_last=False)
+        assert seen and not any(seen)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(nhwc[0], nchw[0], rtol=0, atol=0)
+    torch.testing.assert_close(nhwc[1], nchw[1], rtol=1e-5, atol=1e-6)
+    # the caller's model is left in its own layout
+    assert all(p.is_contiguous() for p in sup.parameters())
+
+
 def test_best_index_prefers_accuracy_then_loss() -> None:
     acc = torch.tensor([0.5, 0.7, 0.7, 0.1])
     loss = torch.tensor([0.1, 0.9, 0.8, 0.0])
