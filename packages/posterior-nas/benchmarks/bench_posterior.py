@@ -144,7 +144,8 @@ def bench_scoring(run_dir: Path | None, n_masks: int, n_images: int, fold: int, 
     acc, _ = score_masks(sup, masks, held, fold=fold, channels_last=cl)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     macs, _ = sup.plan.costs(torch.ones(1, sup.plan.num_channels, dtype=torch.bool))
-    return {"masks": n_masks, "images": n_images, "fold": fold, "layout": layout, "supernet": source, "time_s": dt, "cpu_s": cpu,
+    return {"masks": n_masks, "images": n_images, "fold": fold, "layout": layout, "supernet": source, "time_s": dt,
+            "cpu_s": cpu,
             "masks_per_s": n_masks / dt, "image_evals_per_s": n_masks * n_images / dt,
             "supernet_macs": float(macs[0]), "best_acc": float(acc.max()), "mean_acc": float(acc.mean())}
 
@@ -230,12 +231,13 @@ def main() -> None:
     elif (args.out / "posterior-seed0").exists():
         first_run = args.out / "posterior-seed0"
 
-    s = bench_scoring(first_run, args.masks, args.images, args.fold, args.layout)  # images: cifar10-mini's test split
+    # images: cifar10-mini's test split
+    s = bench_scoring(first_run, args.masks, args.images, args.fold, args.layout)
     print(f"## scoring {s['masks']} masks on {s['images']} images (inherited weights, no fine-tuning)\n")
-    print(markdown_table(["supernet", "supernet MACs", "fold", "layout", "wall (s)", "CPU (s)", "masks/s", "image-evals/s",
-                          "best acc", "mean acc"],
-                         [[s["supernet"], s["supernet_macs"], s["fold"], s["layout"], s["time_s"], s["cpu_s"], s["masks_per_s"],
-                           s["image_evals_per_s"], s["best_acc"], s["mean_acc"]]]))
+    print(markdown_table(["supernet", "supernet MACs", "fold", "layout", "wall (s)", "CPU (s)", "masks/s",
+                          "image-evals/s", "best acc", "mean acc"],
+                         [[s["supernet"], s["supernet_macs"], s["fold"], s["layout"], s["time_s"], s["cpu_s"],
+                           s["masks_per_s"], s["image_evals_per_s"], s["best_acc"], s["mean_acc"]]]))
     target = 60 * max(1, round(s["masks"] * s["images"] / 500_000))
     print(f"\ntarget < {target} s: {'met' if s['time_s'] < target else 'NOT met'} (wall); CPU time {s['cpu_s']:.0f} s "
           f"(at {args.threads} thread(s)); load average now {os.getloadavg()[0]:.1f}\n")
