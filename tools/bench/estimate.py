@@ -28,13 +28,25 @@ from typing import Any
 
 # (space, MMACs, training images, epochs, evaluated test images, seconds) of measured retrain jobs, one
 # torch thread each, two at a time on this project's 2-core CPU:
-# * the README's `mini` table (`python -m tools.bench --preset mini --jobs 2`: 4,660 training images,
-#   5 epochs, the 500 test images evaluated after each);
-# * small runs (`train_arch`, 1,024 images, 2 epochs, one evaluation; CPU seconds, measured while other
-#   jobs loaded the machine to 4-7, so scaled by 0.394 = ResNet-20's mini time per image / its time here):
-#   they cover the small DARTS networks the evidence preset retrains, which run slower per MAC.
-MEASURED_SCALE = 0.394
-CALIBRATION: tuple[tuple[str, float, int, int, int, float], ...] = (
+# * EVIDENCE_POINTS: the evidence run of docs/bench/evidence (`--preset evidence --jobs 2`, 4,660 training
+#   images, 3 epochs, the 500 test images evaluated once): its retrain, random and reference jobs, per
+#   space in three bins of MACs, each the median of its jobs (`python -m tools.bench --estimate
+#   --calibrate-from DIR` fits all of a run's rows instead);
+# * MINI_POINTS: the older `mini` table and small `train_arch` runs, which span a wider range of MACs
+#   (they give the fit its slope), taken when this CPU ran faster: scaled by MACHINE_SLOWDOWN, the median
+#   ratio of the evidence run's job times to what these points alone predicted for them (1.9 for
+#   supnet-m, 2.4 for resnet, 3.0 for darts).
+MACHINE_SLOWDOWN = 2.36
+MEASURED_SCALE = 0.394  # the small runs were timed under a load of 4-7: ResNet-20's mini time / its time there
+EVIDENCE_POINTS: tuple[tuple[str, float, int, int, int, float], ...] = (
+    ("bsn-rescnf", 12.54, 4660, 3, 500, 40.3), ("bsn-rescnf", 20.50, 4660, 3, 500, 57.1),
+    ("bsn-rescnf", 20.89, 4660, 3, 500, 62.6), ("darts", 4.80, 4660, 3, 500, 127.6),
+    ("darts", 6.28, 4660, 3, 500, 164.0), ("darts", 9.69, 4660, 3, 500, 227.5),
+    ("resnet", 22.73, 4660, 3, 500, 96.6), ("resnet", 23.17, 4660, 3, 500, 96.6),
+    ("resnet", 24.10, 4660, 3, 500, 94.5), ("supnet-m", 1.38, 4660, 3, 500, 12.5),
+    ("supnet-m", 1.44, 4660, 3, 500, 11.3), ("supnet-m", 1.53, 4660, 3, 500, 11.3),
+)
+MINI_POINTS: tuple[tuple[str, float, int, int, int, float], ...] = (
     ("bsn-resnet", 21.94, 4660, 5, 2500, 44.8), ("darts", 67.57, 4660, 5, 2500, 666.3),
     ("darts", 14.44, 4660, 5, 2500, 190.3), ("supnet-m", 1.48, 4660, 5, 2500, 9.2),
     ("resnet", 23.47, 4660, 5, 2500, 59.1), ("darts", 43.44, 4660, 5, 2500, 309.8),
@@ -46,23 +58,28 @@ CALIBRATION: tuple[tuple[str, float, int, int, int, float], ...] = (
     ("bsn-resnet", 21.94, 1024, 2, 500, 10.7 * MEASURED_SCALE),
     ("supnet-m", 1.55, 1024, 2, 500, 2.5 * MEASURED_SCALE),
 )
-# per method, its `tiny` search on 4,660 cifar10-mini images (mini table), the space and the MACs of what
-# it found, as retrained at `net` (the mini preset's size of that space). bsn, ista-nas and nat searched
-# beside three other engineers' test runs, which the README says made them about twice an idle machine's
-# (x BUSY_FACTOR); the harness's own two jobs each have a core.
-BUSY_FACTOR = 0.5
-MINI_DARTS_NET = {"C": 16, "layers": 8, "auxiliary": False}
+CALIBRATION: tuple[tuple[str, float, int, int, int, float], ...] = EVIDENCE_POINTS + tuple(
+    (space, mmacs, n, epochs, n_eval, secs * MACHINE_SLOWDOWN) for space, mmacs, n, epochs, n_eval, secs in MINI_POINTS)
+# per method, its `tiny` search on the 4,660 cifar10-mini training images in the evidence run (mean of its
+# 3 seeds, two jobs at a time), the space and the mean MACs of what it found, at the size of the found
+# arch.json (`net`; scaled to a preset's size of the space by the reference network's MACs)
 SEARCH_CALIBRATION: dict[str, dict[str, Any]] = {
-    "bsn": {"seconds": 34.9 * BUSY_FACTOR, "images": 4660, "space": "bsn-resnet", "mmacs": 21.94},
-    "ista-nas": {"seconds": 261.5 * BUSY_FACTOR, "images": 4660, "space": "darts", "mmacs": 67.57,
-                 "net": MINI_DARTS_NET},
-    "nat": {"seconds": 598.7 * BUSY_FACTOR, "images": 4660, "space": "darts", "mmacs": 14.44, "net": MINI_DARTS_NET},
-    "posterior-nas": {"seconds": 53.2, "images": 4660, "space": "supnet-m", "mmacs": 1.48},
-    "tas": {"seconds": 44.1, "images": 4660, "space": "resnet", "mmacs": 23.47},
+    "bsn": {"seconds": 123.8, "images": 4660, "space": "bsn-rescnf", "mmacs": 17.96},
+    "ista-nas": {"seconds": 131.9, "images": 4660, "space": "darts", "mmacs": 43.7,
+                 "net": {"C": 16, "layers": 8, "auxiliary": True}},
+    "nat": {"seconds": 589.2, "images": 4660, "space": "darts", "mmacs": 336.76,
+            "net": {"C": 36, "layers": 20, "auxiliary": True}},
+    "posterior-nas": {"seconds": 234.6, "images": 4660, "space": "supnet-m", "mmacs": 1.44},
+    "tas": {"seconds": 63.1, "images": 4660, "space": "resnet", "mmacs": 23.38},
 }
 SPACE_ALIASES = {"darts-bn": "darts", "supnet-mi": "supnet-m", "bsn-cnf": "bsn-resnet"}
 JOB_OVERHEAD_S = 2.0  # process start, run directory, TensorBoard writer, cost count
 MATCH_S = 4.0  # drawing a random arch within the MAC tolerance / fitting a reference (measured: 0.1-8 s CPU)
+# random search's draw of one candidate at the target's MACs, per space (the evidence run's rs_sampling_s
+# per candidate: DARTS 4.5 s; the other spaces 0.02-1 s); random search spends its time budget on
+# training candidates and these draws come on top
+RS_SAMPLE_S = {"darts": 4.5}
+RS_SAMPLE_DEFAULT_S = 0.5
 RANK_SCORE_S = 3.0  # the ranking hook's supernet score of one architecture
 UNKNOWN_SEARCH_S_PER_IMAGE = 0.02  # a method not in SEARCH_CALIBRATION
 

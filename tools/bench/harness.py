@@ -218,7 +218,7 @@ class Harness:
 
     def predict(self, job: dict[str, Any], model: Any, found: dict[str, Any] | None = None) -> float:
         """Predicted seconds of `job`; `found` = {"space", "mmacs", "search_s"} of its method's network."""
-        from .estimate import JOB_OVERHEAD_S, MATCH_S, RANK_SCORE_S
+        from .estimate import JOB_OVERHEAD_S, MATCH_S, RANK_SCORE_S, RS_SAMPLE_DEFAULT_S, RS_SAMPLE_S, SPACE_ALIASES
 
         p = self.preset
         n = p.n_train or _dataset_size(self, "train")
@@ -239,12 +239,13 @@ class Harness:
             return retrain
         if kind in ("random", "reference"):
             return MATCH_S + retrain
-        if kind == "rs":  # the search's time on candidates, plus matching each one's MACs, plus the retrain
+        if kind == "rs":  # the search's time on candidates, plus drawing each one at the MACs, plus the retrain
             rs_epochs = int({**_preset_epochs(p.rs_recipe_preset), **p.rs_overrides}.get("epochs", 1))
             n_val = int(n * p.val_fraction)
             n_fit = min(p.rs_n_train or n, n - n_val)
             one = model.train_s(space, mmacs, n_fit, rs_epochs, _evals(p.rs_overrides, rs_epochs) * n_val)
-            return found["search_s"] * (1.0 + MATCH_S / one) + retrain
+            draw = RS_SAMPLE_S.get(SPACE_ALIASES.get(space, space), RS_SAMPLE_DEFAULT_S)
+            return found["search_s"] * (1.0 + draw / one) + retrain
         if kind == "rank":
             from nas_common.registry import get_method
 

@@ -275,9 +275,13 @@ def write_report(out: Path, rows: list[dict[str, Any]] | None = None, alpha: flo
     comparisons = compare(rows, alpha)
     ranks = ranking(rows)
     prov = first.get("provenance", {})
+    commits = sorted({str((r.get("provenance") or {}).get("git_commit", "?")) for r in rows if r.get("provenance")})
+    short = [c[:7] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
+    git = (f"git {commits[0]}" if len(commits) <= 1 else
+           f"rows made at {len(commits)} git commits ({', '.join(short)}; each row's provenance names its own)")
     head = (f"# Benchmark results\n\npreset `{first.get('preset', '?')}`, dataset `{first.get('dataset', '?')}`, "
             f"device {prov.get('device_name', '?')}, torch {prov.get('versions', {}).get('torch', '?')}, "
-            f"git {prov.get('git_commit', '?')}\n\n"
+            f"{git}\n\n"
             f"MACs are multiply-accumulates (what papers call FLOPs) of the network as retrained (the shared "
             f"recipe sizes every DARTS-space network alike). Accuracy: mean over seeds and its 95% Student-t "
             f"interval. Every random and reference network is matched to the found network's MACs; random "
