@@ -232,16 +232,21 @@ def test_scoring_folds_masks_without_changing_scores() -> None:
         assert float(acc) == pytest.approx(float(acc_one[i]))
 
 
-@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
-def test_scoring_runs_the_stem_once_per_image_with_the_same_scores(name: str) -> None:
+def _scoring_case(name: str, seed: int, n_masks: int, per_batch: int) -> tuple[torch.nn.Module, torch.Tensor, list]:
+    """A micro supernet with random BatchNorm statistics, masks at drop rate 0.3 and two image batches."""
     _, _, sup = _micro_supernet(name)
     _randomise_bn(sup)
-    g = torch.Generator().manual_seed(0)
-    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), 7, g)
+    g = torch.Generator().manual_seed(seed)
+    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), n_masks, g)
     size = sup.plan.input[1]
-    x = torch.randn(10, 3, size, size, generator=g)
-    y = torch.randint(0, 10, (10,), generator=g)
-    batches = [(x[:5], y[:5]), (x[5:], y[5:])]
+    x = torch.randn(2 * per_batch, 3, size, size, generator=g)
+    y = torch.randint(0, 10, (2 * per_batch,), generator=g)
+    return sup, masks, [(x[:per_batch], y[:per_batch]), (x[per_batch:], y[per_batch:])]
+
+
+@pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
+def test_scoring_runs_the_stem_once_per_image_with_the_same_scores(name: str) -> None:
+    sup, masks, batches = _scoring_case(name, seed=0, n_masks=7, per_batch=5)
     seen: list[int] = []
     hook = sup.stem.register_forward_hook(lambda m, i, o: seen.append(int(i[0].shape[0])))
     try:
@@ -257,14 +262,7 @@ def test_scoring_runs_the_stem_once_per_image_with_the_same_scores(name: str) ->
 
 @pytest.mark.parametrize("name", ["supnet-m", "supnet-r"])
 def test_scoring_in_channels_last_gives_the_same_scores_and_leaves_the_weights_layout(name: str) -> None:
-    _, _, sup = _micro_supernet(name)
-    _randomise_bn(sup)
-    g = torch.Generator().manual_seed(1)
-    masks = sample_masks(torch.full((sup.plan.num_channels,), 0.3), 6, g)
-    size = sup.plan.input[1]
-    x = torch.randn(12, 3, size, size, generator=g)
-    y = torch.randint(0, 10, (12,), generator=g)
-    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    sup, masks, batches = _scoring_case(name, seed=1, n_masks=6, per_batch=6)
     seen: list[bool] = []
     hook = sup.blocks[0].register_forward_pre_hook(
         lambda m, i: seen.append(i[0].is_contiguous(memory_format=torch.channels_last)))
