@@ -385,3 +385,6 @@ def test_a_report_of_rows_made_at_several_commits_names_each(tmp_path: Path) -> 
     assert "2 git commits (aaaaaaa, bbbbbbb-dirty;" in head
     write_report(tmp_path, [row("retrain/m/s0", "a" * 40)])
     assert f"git {'a' * 40}" in (tmp_path / "results.md").read_text()
+    bare = {k: v for k, v in row("retrain/m/s0", "a" * 40).items() if k != "provenance"}
+    write_report(tmp_path, [bare])  # rows without provenance: the commit is unknown, not an error
+    assert "git ?" in (tmp_path / "results.md").read_text()

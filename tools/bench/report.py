@@ -277,7 +277,7 @@ def write_report(out: Path, rows: list[dict[str, Any]] | None = None, alpha: flo
     prov = first.get("provenance", {})
     commits = sorted({str((r.get("provenance") or {}).get("git_commit", "?")) for r in rows if r.get("provenance")})
     short = [c[:7] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
-    git = (f"git {commits[0]}" if len(commits) <= 1 else
+    git = ("git ?" if not commits else f"git {commits[0]}" if len(commits) == 1 else
            f"rows made at {len(commits)} git commits ({', '.join(short)}; each row's provenance names its own)")
     head = (f"# Benchmark results\n\npreset `{first.get('preset', '?')}`, dataset `{first.get('dataset', '?')}`, "
             f"device {prov.get('device_name', '?')}, torch {prov.get('versions', {}).get('torch', '?')}, "
