@@ -65,6 +65,11 @@ def _label(phase: str, space: str, method: str) -> str:
             "rs": f"random search {space} (~{method})"}[phase]
 
 
+def _tau(tau: Any) -> str:
+    """The progress line's Kendall tau: two decimals, or why there is none."""
+    return f"tau {tau:+.2f}" if isinstance(tau, (int, float)) else f"tau {tau}"
+
+
 class Harness:
     def __init__(self, preset: str | BenchPreset, out: str | Path, methods: str = "all",
                  seeds: tuple[int, ...] | None = None, dataset: str | None = None, data_dir: str | None = None,
@@ -337,7 +342,7 @@ class Harness:
         if not self.quiet:
             what = (f"{res.get('test_acc', 0) or 0:.3f} acc" if "test_acc" in res else
                     f"{(res.get('macs') or 0) / 1e6:.1f}M MACs" if phase == "search" else
-                    f"tau {res.get('kendall_tau')}")
+                    _tau(res.get("kendall_tau")))
             if res.get("ok") and phase in ("random", "reference", "rs"):
                 what += f", MACs {100 * res['match']['mac_gap']:+.1f}%"
             if res.get("ok") and phase == "rs":
