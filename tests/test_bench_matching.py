@@ -184,3 +184,20 @@ def test_closed_form_costs_are_used_instead_of_counting(monkeypatch: pytest.Monk
     assert arch.costs == pytest.approx(count_costs(arch.build(), (3, 32, 32)))
     assert counted(bare, spec, NETS["resnet"]).costs == pytest.approx(arch.costs)  # no closed form: counted
     assert calls == [bare]
+
+
+@pytest.mark.parametrize("space_name", ["supnet-m", "bsn-resnet"])
+def test_a_random_spec_rescaled_through_the_spaces_size_variants(space_name: str) -> None:
+    """Where widths alone miss the tolerance, the harness tries the space's size variants (SupNet-M: other
+    stem widths) with the spec read on its own net: a random SupNet-M spec, whose keep bits count the
+    stem's channels, failed there (`spec.keep[...] has 8 bits but that conv has 9 input channels`)."""
+    from tools.bench.matching import _fit_scaled, counted, gap
+
+    space = space_or_skip(space_name)
+    net = NETS[space_name]
+    spec = space.random_spec(random.Random(7), net)
+    start = counted(space_name, spec, net).costs["macs"]
+    for ratio in (1.37, 1.53, 1.71, 0.83):  # targets between the integer widths' steps
+        best, info = _fit_scaled(space_name, spec, net, ratio * start, tol=1e-4)
+        assert abs(gap(best.costs["macs"], ratio * start)) < 0.1, info  # micro nets: coarse steps
+    assert any("net_changed" in _fit_scaled(space_name, spec, net, r * start, tol=1e-4)[1] for r in (1.37, 1.53, 1.71))

@@ -21,6 +21,7 @@ job records as its row's error.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -132,7 +133,14 @@ def _fit_scaled(space_name: str, spec: dict[str, Any], net: dict[str, Any], targ
     """
     space = _space_of(space_name)
 
-    def make(s: dict[str, Any], n: dict[str, Any]) -> Callable[[float], Arch]:
+    # a space whose specs depend on the net's size keys (SupNet-M's keep bits count the stem's channels)
+    # takes the variant as `scaled(spec, net, k, extra)`, reading the spec on its own net
+    takes_extra = "extra" in inspect.signature(space.scaled).parameters
+
+    def make(s: dict[str, Any], n: dict[str, Any], extra: dict[str, Any] | None = None) -> Callable[[float], Arch]:
+        if extra and takes_extra:
+            return lambda k: counted(space_name, *space.scaled(s, n, k, extra))
+        n = {**n, **(extra or {})}
         return lambda k: counted(space_name, *space.scaled(s, n, k))
 
     start = counted(space_name, spec, net)
@@ -141,8 +149,8 @@ def _fit_scaled(space_name: str, spec: dict[str, Any], net: dict[str, Any], targ
     used: dict[str, Any] = {}
     if abs(gap(best.costs["macs"], target)) > tol:
         for extra in space.size_variants(net):
-            s, n = (spec, {**net, **extra}) if respec is None else respec({**net, **extra})
-            cand, kk = fit_macs(make(s, n), target, k0, tol)
+            maker = make(spec, net, extra) if respec is None else make(*respec({**net, **extra}))
+            cand, kk = fit_macs(maker, target, k0, tol)
             if abs(gap(cand.costs["macs"], target)) < abs(gap(best.costs["macs"], target)):
                 best, k, used = cand, kk, extra
             if abs(gap(best.costs["macs"], target)) <= tol:
