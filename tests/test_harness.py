@@ -238,9 +238,6 @@ def test_the_estimate_predicts_the_committed_evidence_runs_job_times() -> None:
     assert all(0.75 < pred / meas < 1.25 for pred, meas in by.values()), by
 
 
-@pytest.mark.xfail(strict=True, reason="#18: the evidence preset needs about 2 h 45 min on this CPU with --jobs 2 "
-                   "(estimate calibrated on its own run), over the 2 hours it is to fit; resizing it changes every "
-                   "row, so the preset and its table change together")
 def test_the_evidence_preset_fits_two_hours_with_two_jobs() -> None:
     from tools.bench.harness import Harness
 

@@ -4,7 +4,7 @@ how many seeds and baselines the evidence protocol trains.
 `micro` checks the wiring in seconds (the harness's tests); `smoke` is the main job of `make demo` (every
 method, minutes on a 2-core CPU, one seed: its accuracies check the wiring only); `mini` the older
 single-seed table; `evidence` the full protocol, meant for under 2 hours on this project's 2-core CPU with
-`--jobs 2` (~1 h 35 min estimated: see its comment); `cifar10` the same protocol on CIFAR-10 at the
+`--jobs 2` (1 h 15 min measured: see its comment); `cifar10` the same protocol on CIFAR-10 at the
 papers' settings (a GPU; needs --data-dir).
 
 The evidence protocol, per method and seed: the found network retrained with the shared recipe; at least
@@ -89,7 +89,8 @@ PRESETS: dict[str, BenchPreset] = {
     # images), 3 seeds: 3 retrain epochs, DARTS-space networks at C 8 / 5 cells, random-search candidates
     # 1 epoch on the 2,250 training images outside the validation part. Sized for under 2 hours with
     # --jobs 2 on this project's 2-core CPU (`python -m tools.bench --preset evidence --jobs 2 --estimate`
-    # says ~1:35). On all 4,660 images the same protocol took ~2 h 57 min (its estimate: 2:47), so it
+    # says ~1:15; its run in docs/bench/evidence took 1 h 15 min). On all 4,660 images the same protocol
+    # took ~2 h 57 min, partly beside other work, so it
     # trains on fewer images rather than on fewer seeds, baselines or epochs. Half of it is DARTS-space
     # training (nat and ista-nas), which runs ~4x slower per MAC than ResNets here.
     "evidence": BenchPreset(
