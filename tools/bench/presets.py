@@ -90,9 +90,9 @@ PRESETS: dict[str, BenchPreset] = {
     # 1 epoch on the 2,250 training images outside the validation part. Sized for under 2 hours with
     # --jobs 2 on this project's 2-core CPU (`python -m tools.bench --preset evidence --jobs 2 --estimate`
     # says ~1:15; its run in docs/bench/evidence took 1 h 15 min). On all 4,660 images the same protocol
-    # took ~2 h 57 min, partly beside other work, so it
-    # trains on fewer images rather than on fewer seeds, baselines or epochs. Half of it is DARTS-space
-    # training (nat and ista-nas), which runs ~4x slower per MAC than ResNets here.
+    # took ~2 h 57 min (partly beside other work), so it trains on fewer images rather than on fewer
+    # seeds, baselines or epochs. DARTS-space training (nat and ista-nas) runs ~4x slower per MAC than
+    # ResNets here.
     "evidence": BenchPreset(
         name="evidence", dataset="cifar10-mini", n_train=2500, n_test=None, method_preset="tiny",
         retrain_preset="tiny", retrain_overrides={"epochs": 3, "batch_size": 64, "lr": 0.05, "eval_every": 0},
