@@ -385,3 +385,22 @@ def test_a_report_of_rows_made_at_several_commits_names_each(tmp_path: Path) -> 
     bare = {k: v for k, v in row("retrain/m/s0", "a" * 40).items() if k != "provenance"}
     write_report(tmp_path, [bare])  # rows without provenance: the commit is unknown, not an error
     assert "git ?" in (tmp_path / "results.md").read_text()
+
+
+def test_a_failed_job_runs_again_on_resume_and_its_new_row_supersedes_the_failure(tmp_path: Path) -> None:
+    """A job that failed (a bug since fixed, a killed worker) is not done: a resumed run schedules it
+    again, and its new row replaces the failed one in what the report reads; the file keeps both."""
+    from tools.bench.harness import Harness, append_row, read_rows
+
+    digest = Harness("smoke", tmp_path, methods="bsn", quiet=True).digest
+    common = {"phase": "search", "preset": "smoke", "dataset": "cifar10-mini", "run_digest": digest}
+    append_row(tmp_path, {"key": "search/bsn/s0", "ok": False, "error": "boom", **common})
+    append_row(tmp_path, {"key": "search/bsn/s1", "ok": True, **common})
+    h = Harness("smoke", tmp_path, methods="bsn", quiet=True)
+    assert h.done == {"search/bsn/s1"}
+    h._on_done({"key": "search/bsn/s0", "seed": 0, "dataset": "cifar10-mini", "method": "bsn"},
+               {"ok": True, "macs": 1e6})
+    assert h.done == {"search/bsn/s0", "search/bsn/s1"}
+    for rows in (h.rows, read_rows(tmp_path)):
+        assert [(r["key"], r["ok"]) for r in rows] == [("search/bsn/s1", True), ("search/bsn/s0", True)]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3

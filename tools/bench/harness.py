@@ -97,7 +97,7 @@ class Harness:
         self.rows = read_rows(self.out)
         self.digest = run_digest(preset, self.dataset, self.budget_macs, self.budget_params)
         self._refuse_foreign_rows()
-        self.done = {r["key"] for r in self.rows}
+        self.done = {r["key"] for r in self.rows if r.get("ok")}  # a failed job runs again on resume
         self.ran: list[dict[str, Any]] = []
         self.calibrate_from = calibrate_from
         self._planned_total = 0
@@ -336,7 +336,7 @@ class Harness:
         if not res.get("ok") and res.get("traceback"):
             row["traceback_tail"] = res["traceback"][-2000:]
         append_row(self.out, row)
-        self.rows.append(row)
+        self.rows = [r for r in self.rows if r.get("key") != row["key"]] + [row]  # a retry supersedes a failure
         self.ran.append(row)
         self.done.add(job["key"])
         if not self.quiet:

@@ -1,6 +1,7 @@
 """results.jsonl, the harness's record: one JSON line per finished job, appended as each one ends, read
 back whole. A line cut by a kill is skipped on reading (that job runs again) and closed before the next
-append, so it cannot swallow the next row."""
+append, so it cannot swallow the next row. A job that failed runs again on resume; its new row supersedes
+the failed one (the file keeps both, the reader the last row of each key)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ def read_rows(out: Path) -> list[dict[str, Any]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by a kill: that job simply runs again
                 continue
-    return rows
+    last = {r["key"]: i for i, r in enumerate(rows) if "key" in r}
+    return [r for i, r in enumerate(rows) if "key" not in r or last[r["key"]] == i]
 
 
 def append_row(out: Path, row: dict[str, Any]) -> None:
