@@ -11,8 +11,12 @@
    draw their candidates with the same Gumbel noise (the search's inference stream, per seed), so where
    the policy has not moved from uniform they coincide: the paired difference is what the policy learnt.
 
-       python packages/nat/benchmarks/bench_nat.py [--seeds 5] [--preset tiny] [--input-arch darts-v2]
-           [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [--resume] [-s KEY=VALUE ...]
+       python packages/nat/benchmarks/bench_nat.py [--seeds 5 | 5:10 | 0,3] [--jobs 2] [--preset tiny]
+           [--input-arch darts-v2] [--methods nat,random,max-gcn,lstm] [--out runs/bench_nat] [--resume]
+           [-s KEY=VALUE ...]
+
+   `--jobs K` runs K seeds at once on the CPU (spawned workers, each with 1/K of the threads); each seed
+   is the same computation as in one process, so only the times change.
 
    `--resume` reuses the rows of OUT/records.jsonl made with the same method, seed, preset, overrides
    and data (their run directories still there), so a killed ablation goes on where it stopped.
@@ -39,9 +43,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +125,82 @@ def _search_log(run_dir: Path) -> list[dict[str, Any]]:
     return [m for m in map(json.loads, filter(str.strip, lines)) if "train/loss" in m]
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds`: N (seeds 0..N-1), A:B (seeds A..B-1) or a comma list."""
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            seeds = list(range(int(a), int(b)))
+        elif "," in text:
+            seeds = [int(t) for t in text.split(",") if t.strip()]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: give N, A:B or a comma list of seeds") from None
+    if not seeds:
+        raise SystemExit(f"--seeds {text!r} gives no seed")
+    return seeds
+
+
+def _seed_rows(job: tuple[argparse.Namespace, int, list[str], dict[tuple, dict[str, Any]]]
+               ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """One seed of the ablation: the NAT search, then each baseline on its supernet. Returns the rows by
+    method and the NAT search's log; each row is appended to OUT/records.jsonl as soon as it is made."""
+    args, seed, methods, done = job
+    device = resolve_device(args.device)
+    ds = get_dataset(args.dataset)
+    if args.subset:
+        ds = ds.subset(*(int(n) for n in args.subset.split(",")))
+    out = Path(args.out)
+    task = Task(dataset=ds, device=device, seed=seed)
+    nat_dir = out / f"s{seed}" / "nat"
+    rows: dict[str, dict[str, Any]] = {}
+    log_: list[dict[str, Any]] = []
+    for method in methods:
+        run_dir = out / f"s{seed}" / method
+        overrides = [f"input_arch={args.input_arch}", *args.search_override]
+        if RUNS[method] is not None:
+            overrides += [f"{k}={v}" for k, v in RUNS[method](nat_dir).items()]
+        key = _key(method, seed, args.preset, overrides, args.dataset, args.subset)
+        if key in done and (run_dir / "arch.json").is_file():
+            rows[method] = done[key]
+            print(f"seed {seed} {method:8s} reused from {out / 'records.jsonl'} (--resume)", flush=True)
+            if method == "nat":
+                log_ = _search_log(run_dir)
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        result, arch = run_search("nat", task, out=run_dir, preset=args.preset, overrides=overrides,
+                                  overwrite=True, progress=False)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if method == "lstm":
+            _check_same_supernet(nat_dir, run_dir, device)
+        st = result.state
+        inp = Arch("darts", st["input_spec"], st["net"]).with_costs()
+        best = Arch("darts", st["best_transform_spec"], st["net"]).with_costs()
+        _assert_not_costlier(best, inp, f"{method} seed {seed}'s best transform")
+        _assert_not_costlier(arch, inp, f"{method} seed {seed}'s output")
+        test_best, test_input, test_out = NATSearch().score_archs(nat_dir, task, [best, inp, arch])
+        heldout_best = result.metrics["search/top1_best_transform"]
+        rows[method] = {
+            "seed": seed, "samples": len(st["candidates"]), "heldout_best": heldout_best,
+            "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
+            "test_output": test_out, "chosen_is_input": st["chosen_is_input"],
+            "score_bn": result.config["score_bn"], "macs": best.costs["macs"],
+            "params": best.costs["params"], "input_macs": inp.costs["macs"],
+            "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
+            "threads": torch.get_num_threads(),
+        }
+        print(f"seed {seed} {method:8s} held-out best transform {heldout_best:.4f} "
+              f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
+              f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
+        if method == "nat":
+            log_ = _search_log(run_dir)
+        append_line(out / "records.jsonl", json.dumps({"method": method, **rows[method], "preset": args.preset,
+                                                       "overrides": overrides, "dataset": args.dataset,
+                                                       "subset": args.subset, "device": device_name(device)}))
+    return rows, log_
+
+
 def ablation(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     ds = get_dataset(args.dataset)
@@ -130,52 +212,22 @@ def ablation(args: argparse.Namespace) -> None:
         raise SystemExit(f"--methods: give nat and any of {', '.join(METHODS[1:])} (unknown: {unknown})")
     out = Path(args.out)
     done = _finished(out) if args.resume else {}
+    seeds = parse_seeds(args.seeds)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     first_log: list[dict[str, Any]] = []
-    for seed in range(args.seeds):
-        task = Task(dataset=ds, device=device, seed=seed)
-        nat_dir = out / f"s{seed}" / "nat"
-        for method in methods:
-            run_dir = out / f"s{seed}" / method
-            overrides = [f"input_arch={args.input_arch}", *args.search_override]
-            if RUNS[method] is not None:
-                overrides += [f"{k}={v}" for k, v in RUNS[method](nat_dir).items()]
-            key = _key(method, seed, args.preset, overrides, args.dataset, args.subset)
-            if key in done and (run_dir / "arch.json").is_file():
-                rows[method].append(done[key])
-                print(f"seed {seed} {method:8s} reused from {out / 'records.jsonl'} (--resume)", flush=True)
-                if seed == 0 and method == "nat":
-                    first_log = _search_log(run_dir)
-                continue
-            t0, c0 = time.perf_counter(), time.process_time()
-            result, arch = run_search("nat", task, out=run_dir, preset=args.preset, overrides=overrides,
-                                      overwrite=True, progress=False)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if method == "lstm":
-                _check_same_supernet(nat_dir, run_dir, device)
-            st = result.state
-            inp = Arch("darts", st["input_spec"], st["net"]).with_costs()
-            best = Arch("darts", st["best_transform_spec"], st["net"]).with_costs()
-            _assert_not_costlier(best, inp, f"{method} seed {seed}'s best transform")
-            _assert_not_costlier(arch, inp, f"{method} seed {seed}'s output")
-            test_best, test_input, test_out = NATSearch().score_archs(nat_dir, task, [best, inp, arch])
-            heldout_best = result.metrics["search/top1_best_transform"]
-            rows[method].append({
-                "seed": seed, "samples": len(st["candidates"]), "heldout_best": heldout_best,
-                "heldout_input": st["input_acc"], "test_best": test_best, "test_input": test_input,
-                "test_output": test_out, "chosen_is_input": st["chosen_is_input"],
-                "score_bn": result.config["score_bn"], "macs": best.costs["macs"],
-                "params": best.costs["params"], "input_macs": inp.costs["macs"],
-                "input_params": inp.costs["params"], "wall_s": wall, "cpu_s": cpu,
-            })
-            print(f"seed {seed} {method:8s} held-out best transform {heldout_best:.4f} "
-                  f"(input {st['input_acc']:.4f}), test {test_best:.4f} (input {test_input:.4f}), "
-                  f"{best.costs['macs'] / 1e6:.1f}M MACs, {wall / 60:.2f} min", flush=True)
-            if seed == 0 and method == "nat":
-                first_log = _search_log(run_dir)
-            append_line(out / "records.jsonl", json.dumps({"method": method, **rows[method][-1], "preset": args.preset,
-                                                           "overrides": overrides, "dataset": args.dataset,
-                                                           "subset": args.subset, "device": device_name(device)}))
+    if args.jobs > 1 and device.type == "cpu":
+        # seeds in parallel, each worker on its share of the cores; rows come back in seed order
+        threads = max(1, torch.get_num_threads() // args.jobs)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=torch.set_num_threads,
+                                 initargs=(threads,)) as pool:
+            results = list(pool.map(_seed_rows, [(args, seed, methods, done) for seed in seeds]))
+    else:
+        results = [_seed_rows((args, seed, methods, done)) for seed in seeds]
+    for seed_rows, log_ in results:
+        for method, row in seed_rows.items():
+            rows[method].append(row)
+        first_log = first_log or log_
     report(args, rows, first_log, ds.num_classes, device)
 
 
@@ -194,8 +246,10 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
     table.append([f"{args.input_arch} (input)", len(nat), "-", mean_std([r["heldout_input"] for r in nat]),
                   mean_std([r["test_input"] for r in nat]), f"{nat[0]['input_macs'] / 1e6:.1f}",
                   f"{nat[0]['input_params'] / 1e6:.3f}", "-", "-"])
+    per_seed = sorted({r.get("threads", torch.get_num_threads()) for rs in rows.values() for r in rs})
     print(f"\n### Best transform of {args.input_arch}: {args.preset} preset, {args.dataset}, "
-          f"{device_name(device)}, {torch.get_num_threads()} threads\n")
+          f"{device_name(device)}; {args.jobs} seed(s) at a time, "
+          f"{'/'.join(map(str, per_seed))} thread(s) per seed\n")
     print(markdown_table(["method", "seeds", "samples", "held-out acc (selection split)", "test-split acc",
                           "MACs (M)", "params (M)", "wall min", "CPU min"], table))
     print(f"\nAccuracies under the NAT search's shared weights (score_bn={nat[0]['score_bn']}); MACs and params of "
@@ -211,7 +265,7 @@ def report(args: argparse.Namespace, rows: dict[str, list[dict[str, Any]]], firs
           f"({'over' if slow else 'within'} the {args.limit_min:g}-minute target"
           f"{f' on {len(slow)} seeds' if slow else ''}).")
     if first_log:
-        print("\n### Search log of seed 0\n")
+        print(f"\n### Search log of seed {nat[0]['seed']}\n")
         for m in first_log:
             print(log_line(m["step"], len(first_log), m, num_classes))
 
@@ -257,7 +311,7 @@ def retrain(args: argparse.Namespace) -> None:
     log = out / "records.jsonl"
     for name in args.archs.split(","):
         arch = archs[name]
-        for seed in range(args.seeds):
+        for seed in parse_seeds(args.seeds):
             t0 = time.perf_counter()
             res = train_arch(arch, ds, out=out / f"{name}-s{seed}", preset=args.train_preset,
                              overrides=args.train_override, seed=seed, device=args.device, overwrite=True,
@@ -286,7 +340,9 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--dataset", default="cifar10-mini")
     ap.add_argument("--input-arch", default="darts-v2")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", default="5", help="N (seeds 0..N-1), A:B (seeds A..B-1) or a comma list, e.g. 5:10")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="seeds searched at once on the CPU, each on its share of the threads (rows as with 1)")
     ap.add_argument("--subset", default="", metavar="TRAIN,TEST",
                     help="use the first TRAIN training and TEST test images (a quick check of the script)")
     ap.add_argument("--methods", default=",".join(METHODS), help="nat and any of random, max-gcn, lstm")
