@@ -210,9 +210,12 @@ def ablation(args: argparse.Namespace) -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or "nat" not in methods:
         raise SystemExit(f"--methods: give nat and any of {', '.join(METHODS[1:])} (unknown: {unknown})")
+    seeds = parse_seeds(args.seeds)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: give 1 or more seeds at a time")
     out = Path(args.out)
     done = _finished(out) if args.resume else {}
-    seeds = parse_seeds(args.seeds)
+    out.mkdir(parents=True, exist_ok=True)  # after every refusal
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     first_log: list[dict[str, Any]] = []
     if args.jobs > 1 and device.type == "cpu":
@@ -305,13 +308,14 @@ def retrain(args: argparse.Namespace) -> None:
     archs = {"input": Arch("darts", spec_in, net).with_costs(), "NAT": Arch("darts", found.spec, net).with_costs()}
     recipe = (f"{args.train_preset} {' '.join(args.train_override)}".strip() + f"; net C {net['C']}, "
               f"{net['layers']} cells; {args.dataset}")
+    seeds = parse_seeds(args.seeds)  # refused before anything is written
     ds = get_dataset(args.dataset)
     out = Path(args.out) / "retrain"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
     for name in args.archs.split(","):
         arch = archs[name]
-        for seed in parse_seeds(args.seeds):
+        for seed in seeds:
             t0 = time.perf_counter()
             res = train_arch(arch, ds, out=out / f"{name}-s{seed}", preset=args.train_preset,
                              overrides=args.train_override, seed=seed, device=args.device, overwrite=True,
@@ -370,7 +374,6 @@ def main() -> None:
             raise SystemExit("--retrain needs --search-dir (a finished NAT search, e.g. runs/bench_nat/s0/nat)")
         retrain(args)
     else:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
         ablation(args)
 
 
