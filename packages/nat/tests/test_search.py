@@ -20,7 +20,7 @@ from nas_common.spaces.darts_genotypes import GENOTYPES
 from nat_nas import NATConfig, NATSearch
 from nat_nas.archs import cell_spec
 from nat_nas.cells import CellPair
-from nat_nas.search import EdgeCosts, _Batches, cell_positions, reinforce_step, resolve_input_arch
+from nat_nas.search import EdgeCosts, _Batches, cell_positions, leave_one_out_step, reinforce_step, resolve_input_arch
 from nat_nas.transitions import is_reachable
 
 MICRO = {"C": 4, "layers": 3, "epochs": 2, "batch_size": 16, "policy_embed": 8, "policy_features": 16,
@@ -48,6 +48,25 @@ def test_reinforce_loss_gradient_and_entropy_bonus() -> None:
     torch.testing.assert_close(ent.grad, torch.tensor([-0.003, -0.006]))
 
 
+def test_leave_one_out_advantage_is_each_reward_minus_the_others_mean() -> None:
+    lp = torch.zeros(3, 2, requires_grad=True)
+    ent = torch.tensor([0.5, 0.25], requires_grad=True)
+    loss = leave_one_out_step(lp, ent, torch.tensor([0.3, 0.1, 0.2]), (0.003, 0.006))
+    loss.backward()
+    # advantages 0.3 - 0.15, 0.1 - 0.25, 0.2 - 0.2, the loss averaged over the 3 samples
+    torch.testing.assert_close(lp.grad, -torch.tensor([0.15, -0.15, 0.0]).unsqueeze(1).expand(3, 2) / 3)
+    torch.testing.assert_close(ent.grad, torch.tensor([-0.003, -0.006]))
+
+
+def test_leave_one_out_gives_no_gradient_when_every_sample_scores_the_same() -> None:
+    """An easy input raises every sample's reward: nothing is learnt from it (a zero baseline would)."""
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    leave_one_out_step(lp, torch.zeros(2), torch.tensor([0.4, 0.4]), (0.0, 0.0)).backward()
+    assert lp.grad is not None and torch.count_nonzero(lp.grad) == 0
+    with pytest.raises(ValueError, match="two samples"):
+        leave_one_out_step(lp[:1], torch.zeros(2), torch.tensor([0.4]), (0.0, 0.0))
+
+
 def test_paper_preset_values() -> None:
     cfg = resolve_config(NATConfig, "paper")
     assert (cfg.C, cfg.layers, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == \
@@ -55,6 +74,7 @@ def test_paper_preset_values() -> None:
     assert (cfg.weight_fraction, cfg.policy_hidden, cfg.policy_lr, cfg.policy_betas, cfg.policy_weight_decay) == \
         (0.4, 100, 3e-4, (0.5, 0.999), 5e-4)
     assert (cfg.entropy_normal, cfg.entropy_reduce, cfg.baseline_decay, cfg.num_samples) == (0.003, 0.003, 0.99, 10)
+    assert cfg.policy_samples == 1  # one transform per input and step, the moving baseline
     assert cfg.input_arch == "darts-v2" and "conv_3x3" in cfg.ops and (cfg.net_C, cfg.net_layers) == (36, 20)
     # the training rule of the official code (w on the sampled inputs only), its batch-statistics scoring,
     # one batch per reward, no warm-up, the paper's transition rules and final rule (best of the samples)

@@ -81,6 +81,18 @@ def test_policy_moves_toward_the_rewarded_transform(tmp_path: Path) -> None:
     assert m["search/keep_prob"] < 0.3
 
 
+def test_several_samples_per_input_move_the_policy_with_leave_one_out_baselines(tmp_path: Path) -> None:
+    """policy_samples=3: the same movement with each sample's baseline the other samples' mean."""
+    task = _task()
+    cfg = {**MICRO, "epochs": 4, "policy_lr": 0.02, "weight_fraction": 0.2, "policy_samples": 3}
+    run_search(NullLover, task, out=tmp_path / "fresh", preset="tiny", overrides={**cfg, "epochs": 1, "policy_lr": 0.0},
+               progress=False)
+    before = _null_prob(tmp_path / "fresh", task)
+    result, _ = run_search(NullLover, task, out=tmp_path / "toy", preset="tiny", overrides=cfg, progress=False)
+    assert result.metrics["search/reward"] > 0
+    assert _null_prob(tmp_path / "toy", task) > before + 0.2
+
+
 def test_baseline_tracks_the_reward_in_the_search_loop(tmp_path: Path) -> None:
     """With a (nearly) constant reward 0.4 the baseline ends at 0.4; the official r - b update gives 0.2."""
     cfg = {**MICRO, "epochs": 3, "baseline_decay": 0.5, "policy_lr": 0.0, "weight_fraction": 0.2}
@@ -199,10 +211,10 @@ def test_random_transforms_reuse_a_search_s_supernet(gcn_run: Path, tmp_path: Pa
 
 def test_no_host_sync_with_the_other_options(tmp_path: Path) -> None:
     """The conformance test runs the GCN with batch-statistics rewards; the LSTM policy, w trained on the
-    transforms too and eval-mode rewards must not sync inside a step either."""
+    transforms too, eval-mode rewards and several samples per input must not sync inside a step either."""
     from nas_common.syncs import detect_host_syncs
 
-    cfg = {**MICRO, "policy_type": "lstm", "train_on_transforms": True, "score_bn": "running"}
+    cfg = {**MICRO, "policy_type": "lstm", "train_on_transforms": True, "score_bn": "running", "policy_samples": 2}
     with detect_host_syncs() as report:
         run_search("nat", _task(), out=tmp_path / "s", preset="tiny", overrides=cfg, progress=False)
     assert report["steps"] >= 4 and not report["found"], report

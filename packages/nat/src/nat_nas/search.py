@@ -16,7 +16,9 @@ see the README):
   pi(.|beta); reward r = acc(alpha) - acc(beta) with the shared weights on the same held-out images
   (`reward_batches` batches, averaged; no grad; BN per `score_bn`); loss = -(log pi_n + log pi_r)(r - b)
   - 0.003 H_n - 0.003 H_r; Adam. The baseline tracks the reward, b <- 0.99 b + 0.01 r (the official
-  code feeds r - b back into it: a bug we fix).
+  code feeds r - b back into it: a bug we fix). `policy_samples=K > 1` (not the paper) draws K
+  transforms of each beta, scored on the same batches, and gives each the mean reward of the other
+  K - 1 as its baseline (leave-one-out REINFORCE).
 
 No host-device sync inside a step. Everything that does not depend on the policy is drawn per epoch,
 before the steps: beta of every w step and of every policy step (the prior is uniform and independent
@@ -116,6 +118,10 @@ class NATConfig(Config):
     entropy_normal: float = 0.003
     entropy_reduce: float = 0.003
     baseline_decay: float = 0.99
+    # transforms sampled per input beta in a policy step (the paper: 1, with the moving baseline above);
+    # K > 1: each sample's baseline is the mean reward of the other K - 1 on the same beta and batches
+    # (leave-one-out REINFORCE), which removes beta's difficulty from the advantage
+    policy_samples: int = 1
     # paper: O->{O,S,N}, S->{S,N}, N->{N}; published: also N->S where the built network gets no costlier
     transition_rules: Literal["paper", "published"] = "paper"
     # how BatchNorm normalises when architectures are scored (no grad): "batch", the batch's statistics,
@@ -165,6 +171,7 @@ class NATConfig(Config):
             (0.0 < self.weight_fraction < 1.0, "weight_fraction must be in (0, 1), e.g. 0.4"),
             (self.num_samples >= 1, "num_samples must be >= 1"),
             (0.0 <= self.baseline_decay < 1.0, "baseline_decay must be in [0, 1)"),
+            (self.policy_samples >= 1, "policy_samples must be >= 1"),
             (self.max_eval_batches >= 0, "max_eval_batches must be >= 0 (0 = all)"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.reward_batches >= 1, "reward_batches must be >= 1"),
@@ -257,6 +264,23 @@ def reinforce_step(log_prob: torch.Tensor, entropy: torch.Tensor, reward: torch.
     bonus = sum(c * h for c, h in zip(entropy_coeffs, entropy.unbind(0), strict=True))
     loss = -log_prob.sum() * (reward - baseline).detach() - bonus
     return loss, (decay * baseline + (1.0 - decay) * reward).detach()
+
+
+def leave_one_out_step(log_prob: torch.Tensor, entropy: torch.Tensor, rewards: torch.Tensor,
+                       entropy_coeffs: tuple[float, float]) -> torch.Tensor:
+    """The policy loss of K >= 2 transforms of one input (leave-one-out REINFORCE, Kool et al. 2019).
+
+    `log_prob` (K, 2): log pi of each sample per cell type; `entropy` (2,): the policy's entropy on the
+    input per cell type; `rewards` (K,). Sample k's baseline is the mean reward of the other K - 1, an
+    unbiased estimate that sees the same input and the same held-out batches, so what makes one input
+    easy or hard cancels: loss = -mean_k sum_c log pi_k,c * (r_k - mean_{j != k} r_j) - sum_c coeff_c H_c.
+    """
+    k = rewards.shape[0]
+    if k < 2:
+        raise ValueError("leave-one-out needs at least two samples")
+    advantage = (rewards - (rewards.sum() - rewards) / (k - 1)).detach()
+    bonus = sum(c * h for c, h in zip(entropy_coeffs, entropy.unbind(0), strict=True))
+    return -(log_prob.sum(-1) * advantage).mean() - bonus
 
 
 def _groups(batches: Iterable[Any], k: int) -> Iterator[list[Any]]:
@@ -639,24 +663,33 @@ class NATSearch(SearchMethod):
                      generator: torch.Generator, beta: CellPair, skip_ok: Sequence[Sequence[bool]],
                      ops: torch.Tensor, inputs: torch.Tensor, masks: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One REINFORCE step: alpha ~ pi(.|beta) (rank 0's actions), r = acc(alpha) - acc(beta) on
-        `batches` (averaged over ranks), the policy's gradients averaged over ranks.
+        """One REINFORCE step: K = `policy_samples` transforms alpha_k ~ pi(.|beta) (rank 0's actions),
+        r_k = acc(alpha_k) - acc(beta) on `batches` (averaged over ranks), the policy's gradients averaged
+        over ranks. K = 1: the moving baseline; K > 1: leave-one-out baselines (the moving one only logged).
 
-        Returns the next baseline and (reward, acc(beta), acc(alpha), entropy) as one device tensor."""
-        out = parts.policy.act(ops, inputs, masks, generator=generator, agree=ctx.broadcast_)
-        alpha = TransformedPair(beta, out.actions, skip_ok)
+        Returns the next baseline and (mean reward, acc(beta), mean acc(alpha), entropy) as one device tensor."""
+        k = config.policy_samples
+        out = parts.policy.act(ops.repeat(k, 1), inputs.repeat(k, 1), masks.repeat(k, 1, 1),
+                               generator=generator, agree=ctx.broadcast_)
+        alphas = [TransformedPair(beta, a, skip_ok) for a in out.actions.view(k, *ops.shape).unbind(0)]
         with torch.no_grad():
-            acc_b = torch.stack([self._batch_accuracy(parts, x, y, beta) for x, y in batches]).mean()
-            acc_a = torch.stack([self._batch_accuracy(parts, x, y, alpha) for x, y in batches]).mean()
-            accs = ctx.all_reduce_(torch.stack([acc_b, acc_a]), "mean")
-        reward = accs[1] - accs[0]
-        loss, baseline = reinforce_step(out.log_prob, out.entropy, reward, baseline,
-                                        (config.entropy_normal, config.entropy_reduce), config.baseline_decay)
+            acc = torch.stack([torch.stack([self._batch_accuracy(parts, x, y, arch) for arch in (beta, *alphas)])
+                               for x, y in batches]).mean(0)  # (1 + K,): beta, then each alpha
+            acc = ctx.all_reduce_(acc, "mean")
+        rewards = acc[1:] - acc[0]
+        reward = rewards.mean()
+        entropy = out.entropy.view(k, -1)[0]  # the same policy on the same beta: equal for every sample
+        coeffs = (config.entropy_normal, config.entropy_reduce)
+        if k == 1:
+            loss, baseline = reinforce_step(out.log_prob, entropy, reward, baseline, coeffs, config.baseline_decay)
+        else:
+            loss = leave_one_out_step(out.log_prob.view(k, -1), entropy, rewards, coeffs)
+            baseline = (config.baseline_decay * baseline + (1.0 - config.baseline_decay) * reward).detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ctx.all_reduce_grads(parts.policy.parameters())
         opt.step()
-        return baseline, torch.stack([reward, accs[0], accs[1], out.entropy.sum().detach()])
+        return baseline, torch.stack([reward, acc[0], acc[1:].mean(), entropy.sum().detach()])
 
     # ---- training ------------------------------------------------------------------------------------
     def _train(self, task: Task, config: NATConfig, run: Run, ctx: SearchContext, parts: _Parts, w_split: Any,
