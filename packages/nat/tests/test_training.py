@@ -64,17 +64,20 @@ def _null_prob(run_dir: Path, task: Task) -> float:
     return probs[..., NULL][masks[..., NULL]].mean().item()
 
 
-def test_policy_moves_toward_the_rewarded_transform(tmp_path: Path) -> None:
-    """Flipping the reward's sign (or the loss's) makes P(null) fall instead of rise: this fails."""
+def _null_prob_before_and_after(tmp_path: Path, cfg: dict[str, Any]) -> tuple[float, float, dict[str, Any]]:
+    """P(null) of the policy at its initialisation (one epoch at a zero learning rate) and after a
+    NullLover search with `cfg`, and that search's final metrics."""
     task = _task()
-    cfg = {**MICRO, "epochs": 6, "policy_lr": 0.02, "baseline_decay": 0.5, "weight_fraction": 0.2}
-    # the policy at its initialisation: one epoch with a zero learning rate
     run_search(NullLover, task, out=tmp_path / "fresh", preset="tiny", overrides={**cfg, "epochs": 1, "policy_lr": 0.0},
                progress=False)
-    before = _null_prob(tmp_path / "fresh", task)
     result, _ = run_search(NullLover, task, out=tmp_path / "toy", preset="tiny", overrides=cfg, progress=False)
-    after = _null_prob(tmp_path / "toy", task)
-    m = result.metrics
+    return _null_prob(tmp_path / "fresh", task), _null_prob(tmp_path / "toy", task), result.metrics
+
+
+def test_policy_moves_toward_the_rewarded_transform(tmp_path: Path) -> None:
+    """Flipping the reward's sign (or the loss's) makes P(null) fall instead of rise: this fails."""
+    cfg = {**MICRO, "epochs": 6, "policy_lr": 0.02, "baseline_decay": 0.5, "weight_fraction": 0.2}
+    before, after, m = _null_prob_before_and_after(tmp_path, cfg)
     assert m["search/policy_steps"] > 0 and m["search/reward"] > 0
     assert after > before + 0.2, (before, after)
     assert m["search/prob_shift"] > 0.2  # the log's view of the same movement
@@ -83,14 +86,10 @@ def test_policy_moves_toward_the_rewarded_transform(tmp_path: Path) -> None:
 
 def test_several_samples_per_input_move_the_policy_with_leave_one_out_baselines(tmp_path: Path) -> None:
     """policy_samples=3: the same movement with each sample's baseline the other samples' mean."""
-    task = _task()
     cfg = {**MICRO, "epochs": 4, "policy_lr": 0.02, "weight_fraction": 0.2, "policy_samples": 3}
-    run_search(NullLover, task, out=tmp_path / "fresh", preset="tiny", overrides={**cfg, "epochs": 1, "policy_lr": 0.0},
-               progress=False)
-    before = _null_prob(tmp_path / "fresh", task)
-    result, _ = run_search(NullLover, task, out=tmp_path / "toy", preset="tiny", overrides=cfg, progress=False)
-    assert result.metrics["search/reward"] > 0
-    assert _null_prob(tmp_path / "toy", task) > before + 0.2
+    before, after, m = _null_prob_before_and_after(tmp_path, cfg)
+    assert m["search/reward"] > 0
+    assert after > before + 0.2, (before, after)
 
 
 def test_baseline_tracks_the_reward_in_the_search_loop(tmp_path: Path) -> None:
