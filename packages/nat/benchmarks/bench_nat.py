@@ -309,11 +309,14 @@ def retrain(args: argparse.Namespace) -> None:
     recipe = (f"{args.train_preset} {' '.join(args.train_override)}".strip() + f"; net C {net['C']}, "
               f"{net['layers']} cells; {args.dataset}")
     seeds = parse_seeds(args.seeds)  # refused before anything is written
+    names = [n.strip() for n in args.archs.split(",") if n.strip()]
+    if not names or set(names) - set(archs):
+        raise SystemExit(f"--archs {args.archs!r}: give input, NAT or input,NAT")
     ds = get_dataset(args.dataset)
     out = Path(args.out) / "retrain"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "records.jsonl"
-    for name in args.archs.split(","):
+    for name in names:
         arch = archs[name]
         for seed in seeds:
             t0 = time.perf_counter()
