@@ -92,6 +92,25 @@ def test_several_samples_per_input_move_the_policy_with_leave_one_out_baselines(
     assert after > before + 0.2, (before, after)
 
 
+class SameGain(NATSearch):
+    """Toy reward: every transform scores 0.6, every input 0.2, so each sample's reward is exactly 0.4."""
+
+    def _batch_accuracy(self, parts: Any, x: torch.Tensor, y: torch.Tensor, pair: Any) -> torch.Tensor:
+        return torch.tensor(0.6 if isinstance(pair, TransformedPair) else 0.2)
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_equal_rewards_move_the_policy_only_under_the_moving_baseline(tmp_path: Path, samples: int) -> None:
+    """K = 3 samples with equal rewards: leave-one-out advantages are 0 and the policy stays exactly put
+    (no entropy bonus, no weight decay); K = 1's moving baseline starts at 0 and moves it."""
+    cfg = {**MICRO, "epochs": 2, "policy_lr": 0.02, "weight_fraction": 0.2, "policy_samples": samples,
+           "entropy_normal": 0.0, "entropy_reduce": 0.0, "policy_weight_decay": 0.0}
+    result, _ = run_search(SameGain, _task(), out=tmp_path / "g", preset="tiny", overrides=cfg, progress=False)
+    m = result.metrics
+    assert m["search/policy_steps"] > 0 and m["search/reward"] == pytest.approx(0.4)
+    assert (m["search/prob_shift"] == 0.0) == (samples > 1), m["search/prob_shift"]
+
+
 def test_baseline_tracks_the_reward_in_the_search_loop(tmp_path: Path) -> None:
     """With a (nearly) constant reward 0.4 the baseline ends at 0.4; the official r - b update gives 0.2."""
     cfg = {**MICRO, "epochs": 3, "baseline_decay": 0.5, "policy_lr": 0.0, "weight_fraction": 0.2}

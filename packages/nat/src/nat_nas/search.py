@@ -261,9 +261,18 @@ def reinforce_step(log_prob: torch.Tensor, entropy: torch.Tensor, reward: torch.
     per cell type (normal, reduce). The baseline is a moving average of the reward, b <- decay * b +
     (1 - decay) * r (the official code averages r - b instead, so its b settles at half the reward).
     """
-    bonus = sum(c * h for c, h in zip(entropy_coeffs, entropy.unbind(0), strict=True))
-    loss = -log_prob.sum() * (reward - baseline).detach() - bonus
-    return loss, (decay * baseline + (1.0 - decay) * reward).detach()
+    loss = -log_prob.sum() * (reward - baseline).detach() - _entropy_bonus(entropy, entropy_coeffs)
+    return loss, moving_baseline(baseline, reward, decay)
+
+
+def moving_baseline(baseline: torch.Tensor, reward: torch.Tensor, decay: float) -> torch.Tensor:
+    """b <- decay * b + (1 - decay) * r, detached."""
+    return (decay * baseline + (1.0 - decay) * reward).detach()
+
+
+def _entropy_bonus(entropy: torch.Tensor, coeffs: tuple[float, float]) -> torch.Tensor:
+    """sum_c coeff_c * H_c over the cell types (normal, reduce)."""
+    return sum(c * h for c, h in zip(coeffs, entropy.unbind(0), strict=True))
 
 
 def leave_one_out_step(log_prob: torch.Tensor, entropy: torch.Tensor, rewards: torch.Tensor,
@@ -278,9 +287,10 @@ def leave_one_out_step(log_prob: torch.Tensor, entropy: torch.Tensor, rewards: t
     k = rewards.shape[0]
     if k < 2:
         raise ValueError("leave-one-out needs at least two samples")
-    advantage = (rewards - (rewards.sum() - rewards) / (k - 1)).detach()
-    bonus = sum(c * h for c, h in zip(entropy_coeffs, entropy.unbind(0), strict=True))
-    return -(log_prob.sum(-1) * advantage).mean() - bonus
+    # r_k - mean_{j != k} r_j as the mean of the pairwise differences: exactly 0 on equal rewards, where
+    # (sum - r_k) / (K - 1) is off by rounding, which Adam would scale up to a full step
+    advantage = ((rewards.unsqueeze(1) - rewards.unsqueeze(0)).sum(1) / (k - 1)).detach()
+    return -(log_prob.sum(-1) * advantage).mean() - _entropy_bonus(entropy, entropy_coeffs)
 
 
 def _groups(batches: Iterable[Any], k: int) -> Iterator[list[Any]]:
@@ -684,7 +694,7 @@ class NATSearch(SearchMethod):
             loss, baseline = reinforce_step(out.log_prob, entropy, reward, baseline, coeffs, config.baseline_decay)
         else:
             loss = leave_one_out_step(out.log_prob.view(k, -1), entropy, rewards, coeffs)
-            baseline = (config.baseline_decay * baseline + (1.0 - config.baseline_decay) * reward).detach()
+            baseline = moving_baseline(baseline, reward, config.baseline_decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ctx.all_reduce_grads(parts.policy.parameters())
